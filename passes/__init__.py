@@ -1,0 +1,1 @@
+"""Rewrite passes over the onnx-graphsurgeon graph."""

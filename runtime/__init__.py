@@ -1,0 +1,1 @@
+"""The spiking runtime: numpy and numba only."""

@@ -1,0 +1,83 @@
+"""Compile configuration and the context that passes share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from snncompiler.runtime.opset import NEGATIVE_THRESHOLDS
+
+INITIAL_POTENTIALS = ("dni", "half", "zero")
+GRANULARITIES = ("channel", "layer")
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """Everything a user can choose about a conversion.
+
+    Attributes:
+        timesteps: Target T values; DNI picks one (threshold, v0) set per value from a single
+            pass of calibration statistics. The first is the default T of the program.
+        theta_neg: SNM negative threshold: ``"zero"``, ``"minus_theta"`` (the SNM paper's
+            code) or ``"off"`` (plain integrate-and-fire, no negative spikes).
+        max_spikes_per_step: 1 is the paper's neuron; k > 1 allows bursts of up to k spikes.
+        granularity: ``"channel"`` or ``"layer"`` thresholds.
+        initial_potential: ``"dni"`` (searched), ``"half"`` (theta/2) or ``"zero"``.
+        threshold_percentiles: Candidate thresholds, as percentiles of each channel's
+            positive activations (100 is the maximum). With ``initial_potential`` other than
+            ``"dni"`` only the last one is used... unless ``threshold_search`` is set.
+        threshold_search: Search thresholds over ``threshold_percentiles`` by the DNI
+            objective; when False the last percentile is used as is.
+        histogram_bins: Bins per channel of the calibration histograms (bounded memory).
+        calib_batch_size: Images per onnxruntime call during calibration.
+        progress: Show progress bars.
+    """
+
+    timesteps: tuple[int, ...] = (32,)
+    theta_neg: str = "zero"
+    max_spikes_per_step: int = 1
+    granularity: str = "channel"
+    initial_potential: str = "dni"
+    threshold_percentiles: tuple[float, ...] = (99.0, 99.5, 99.9, 99.95, 99.99, 100.0)
+    threshold_search: bool = True
+    histogram_bins: int = 2048
+    calib_batch_size: int = 64
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.timesteps or any(int(t) < 1 for t in self.timesteps):
+            raise ValueError(f"timesteps must be positive integers, got {self.timesteps}")
+        if self.theta_neg not in NEGATIVE_THRESHOLDS:
+            raise ValueError(f"theta_neg must be one of {NEGATIVE_THRESHOLDS}")
+        if self.initial_potential not in INITIAL_POTENTIALS:
+            raise ValueError(f"initial_potential must be one of {INITIAL_POTENTIALS}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}")
+        if self.max_spikes_per_step < 1:
+            raise ValueError("max_spikes_per_step must be at least 1")
+
+
+@dataclass
+class CompileContext:
+    """What the passes of one compilation share.
+
+    Attributes:
+        config: The user's choices.
+        calibration_batches: Called with no argument, returns an iterator of feeds
+            (``{input_name: float32 array}``); None when no calibration data was given.
+        calibration_size: Number of calibration samples, for progress bars.
+        activation_stats: Filled by ``calibrate_neurons``: activation tensor name ->
+            per-channel histogram.
+        neuron_params: Filled by ``calibrate_neurons``: activation tensor name -> DNI
+            parameters (theta and v0 of shape (len(timesteps), C)).
+        report: Human-readable lines that passes want the user to see.
+    """
+
+    config: CompileConfig
+    calibration_batches: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None
+    calibration_size: int | None = None
+    activation_stats: dict = field(default_factory=dict)
+    neuron_params: dict = field(default_factory=dict)
+    report: list[str] = field(default_factory=list)

@@ -1,0 +1,19 @@
+"""Re-export of the error hierarchy, which lives in the runtime (see runtime/errors.py)."""
+
+from snncompiler.runtime.errors import (
+    CalibrationError,
+    FormatError,
+    InputError,
+    ModelError,
+    SnnError,
+    UnsupportedOpError,
+)
+
+__all__ = [
+    "CalibrationError",
+    "FormatError",
+    "InputError",
+    "ModelError",
+    "SnnError",
+    "UnsupportedOpError",
+]
