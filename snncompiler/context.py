@@ -26,10 +26,9 @@ class CompileConfig:
         granularity: ``"channel"`` or ``"layer"`` thresholds.
         initial_potential: ``"dni"`` (searched), ``"half"`` (theta/2) or ``"zero"``.
         threshold_percentiles: Candidate thresholds, as percentiles of each channel's
-            positive activations (100 is the maximum). With ``initial_potential`` other than
-            ``"dni"`` only the last one is used... unless ``threshold_search`` is set.
-        threshold_search: Search thresholds over ``threshold_percentiles`` by the DNI
-            objective; when False the last percentile is used as is.
+            positive activations (100 is the maximum).
+        threshold_search: Pick each threshold among ``threshold_percentiles`` by the DNI
+            objective; when False the last percentile is used as is (classic baselines).
         histogram_bins: Bins per channel of the calibration histograms (bounded memory).
         calib_batch_size: Images per onnxruntime call during calibration.
         progress: Show progress bars.
@@ -73,6 +72,9 @@ class CompileContext:
         neuron_params: Filled by ``calibrate_neurons``: activation tensor name -> DNI
             parameters (theta and v0 of shape (len(timesteps), C)).
         report: Human-readable lines that passes want the user to see.
+        readout: Filled by ``mark_readout``: graph output name -> readout kind.
+        dry_run: Check and lower the graph without calibration data (placeholder neuron
+            parameters), for ``snnc inspect`` and early error reporting.
     """
 
     config: CompileConfig
@@ -81,3 +83,5 @@ class CompileContext:
     activation_stats: dict = field(default_factory=dict)
     neuron_params: dict = field(default_factory=dict)
     report: list[str] = field(default_factory=list)
+    readout: dict = field(default_factory=dict)
+    dry_run: bool = False

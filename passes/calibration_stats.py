@@ -1,0 +1,420 @@
+"""Bounded calibration statistics: per-channel histograms of activations, built in one pass.
+
+DNI needs, for every channel of every activation, the distribution of the values the ANN
+produces on calibration data. Keeping all activations is out of the question (a ResNet on a
+few thousand images holds tens of gigabytes of them), so each tensor gets a
+:class:`ChannelHistogram` whose memory is ``O(channels * bins)`` however many images pass
+through it, and :func:`collect_activation_stats` feeds it batch by batch from onnxruntime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from tqdm import tqdm
+
+from snncompiler.errors import CalibrationError
+
+# Right shifts of int64 by 63 or more bits are undefined; shifting by 62 already sends every
+# bin index below 2**62 to bin 0, which is what a huge range growth means anyway.
+_MAX_SHIFT = 62
+
+# onnxruntime raises its own exception types (not subclasses of RuntimeError) for bad feeds.
+_ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException)
+
+
+class ChannelHistogram:
+    """Streaming histogram of the positive values of each channel of an activation tensor.
+
+    Channel axis is 1: ``(N, C, ...)`` tensors have C channels, and for ``(N, F)`` tensors
+    (after Gemm/MatMul) every feature is a channel. Only positive values are binned, since
+    a ReLU neuron sends nothing for the rest; they are still counted in ``n_total`` because
+    they weigh in expectations over all values.
+
+    Channel c has ``bins`` bins of width ``upper[c] / bins`` covering ``(0, upper[c]]``;
+    bin i is the right-closed interval ``(i * w, (i + 1) * w]``, so a channel's maximum sits
+    in the last bin and nothing positive falls below bin 0. Right-closed bins are what keep
+    range growth exact (see :meth:`update`).
+
+    Besides counts, every bin keeps the sum of its values, so :meth:`bin_means` gives the
+    mean of the values in each bin. The DNI objective is evaluated at those means: when a
+    bin holds one distinct value (e.g. activations that are already multiples of
+    ``theta / T``), the mean is that value and the objective is exact, which bin centres
+    would not be. This doubles the memory, which stays ``O(channels * bins)``.
+
+    Attributes:
+        counts: ``(C, bins)`` int64, positive values per bin.
+        sums: ``(C, bins)`` float64, sum of the values in each bin.
+        upper: ``(C,)`` float64, upper edge of the last bin; 0 until the channel has seen a
+            positive value.
+        max: ``(C,)`` float64, exact maximum of the positive values (0 if none).
+        n_positive: ``(C,)`` int64, number of positive values.
+        n_total: ``(C,)`` int64, number of values, positive or not.
+        sum_positive: ``(C,)`` float64, sum of the positive values.
+    """
+
+    def __init__(self, channels: int, bins: int = 2048):
+        """Creates an empty histogram.
+
+        Args:
+            channels: Number of channels (size of axis 1 of the tensors to come).
+            bins: Bins per channel.
+        """
+        if channels < 1 or bins < 1:
+            raise ValueError(f"channels and bins must be positive, got {channels}, {bins}")
+        self.counts = np.zeros((channels, bins), dtype=np.int64)
+        self.sums = np.zeros((channels, bins), dtype=np.float64)
+        self.upper = np.zeros(channels, dtype=np.float64)
+        self.max = np.zeros(channels, dtype=np.float64)
+        self.n_positive = np.zeros(channels, dtype=np.int64)
+        self.n_total = np.zeros(channels, dtype=np.int64)
+        self.sum_positive = np.zeros(channels, dtype=np.float64)
+
+    @property
+    def channels(self) -> int:
+        """Number of channels C."""
+        return self.counts.shape[0]
+
+    @property
+    def bins(self) -> int:
+        """Number of bins per channel."""
+        return self.counts.shape[1]
+
+    @property
+    def bin_width(self) -> np.ndarray:
+        """``(C,)`` bin width of every channel (0 for channels without positive values)."""
+        return self.upper / self.bins
+
+    @property
+    def mean_positive(self) -> np.ndarray:
+        """``(C,)`` mean of the positive values (0 for channels without any)."""
+        return self.sum_positive / np.maximum(self.n_positive, 1)
+
+    def update(self, values: np.ndarray) -> None:
+        """Adds one batch of activations.
+
+        A channel's range starts at the maximum of the first batch that holds a positive
+        value for it. When a later batch exceeds ``upper[c]``, the range grows by the
+        smallest power of two ``2**g`` that covers the new maximum, and groups of ``2**g``
+        neighbouring bins merge into one. Because bins are right-closed and the factor is a
+        power of two, old bin i lies entirely inside new bin ``i >> g``, so merged counts
+        equal what binning all values afresh at the new range would give: no count ever
+        leaves the interval it belongs to. (Multiplying by a power of two is exact in
+        floating point, so this holds bit for bit, not only on paper.)
+
+        Args:
+            values: Activations of shape ``(N, C, ...)``; any float dtype.
+
+        Raises:
+            ValueError: Wrong rank or channel count.
+            CalibrationError: The batch holds NaN or infinite values.
+        """
+        values = np.asarray(values)
+        if values.ndim < 2 or values.shape[1] != self.channels:
+            raise ValueError(
+                f"expected an activation of shape (N, {self.channels}, ...), got {values.shape}"
+            )
+        x = np.moveaxis(values, 1, 0).reshape(self.channels, -1).astype(np.float64)
+        if x.shape[1] == 0:
+            return
+        if not np.isfinite(x).all():
+            raise CalibrationError(
+                "activation holds NaN or infinite values; check the calibration data and "
+                "its preprocessing"
+            )
+        positive = x > 0
+        x = np.where(positive, x, 0.0)
+        batch_max = x.max(axis=1)
+
+        self.n_total += x.shape[1]
+        self.n_positive += positive.sum(axis=1)
+        self.sum_positive += x.sum(axis=1)
+        self.max = np.maximum(self.max, batch_max)
+        self._grow(batch_max)
+
+        # Bin index ceil(x / w) - 1 for the right-closed bins. Non-positive values go to a
+        # spill bin (index `bins`) that is dropped, which keeps the scatter a single
+        # bincount without first compacting the positive values.
+        bins = self.bins
+        scale = np.divide(bins, self.upper, out=np.zeros_like(self.upper), where=self.upper > 0)
+        index = np.ceil(x * scale[:, None]).astype(np.int64) - 1
+        np.clip(index, 0, bins - 1, out=index)
+        index[~positive] = bins
+        index += (np.arange(self.channels, dtype=np.int64) * (bins + 1))[:, None]
+        index = index.ravel()
+        size = self.channels * (bins + 1)
+        counts = np.bincount(index, minlength=size).reshape(self.channels, bins + 1)
+        sums = np.bincount(index, weights=x.ravel(), minlength=size)
+        self.counts += counts[:, :bins]
+        self.sums += sums.reshape(self.channels, bins + 1)[:, :bins]
+
+    def _grow(self, batch_max: np.ndarray) -> None:
+        """Widens the ranges of the channels whose new maximum exceeds their upper edge."""
+        fresh = (self.upper == 0) & (batch_max > 0)
+        self.upper[fresh] = batch_max[fresh]
+
+        grow = batch_max > self.upper
+        if not grow.any():
+            return
+        upper = self.upper[grow]
+        shift = np.maximum(np.ceil(np.log2(batch_max[grow] / upper)), 1).astype(np.int64)
+        # log2 may round down by one; ldexp is exact, so this check settles it.
+        while True:
+            short = np.ldexp(upper, shift) < batch_max[grow]
+            if not short.any():
+                break
+            shift[short] += 1
+        self.upper[grow] = np.ldexp(upper, shift)
+
+        rows = np.count_nonzero(grow)
+        bins = self.bins
+        target = np.arange(bins, dtype=np.int64)[None, :] >> np.minimum(shift, _MAX_SHIFT)[:, None]
+        target += (np.arange(rows, dtype=np.int64) * bins)[:, None]
+        target = target.ravel()
+        counts = np.bincount(target, weights=self.counts[grow].ravel(), minlength=rows * bins)
+        sums = np.bincount(target, weights=self.sums[grow].ravel(), minlength=rows * bins)
+        # float64 holds integers exactly up to 2**53, far above any count seen here.
+        self.counts[grow] = np.rint(counts).astype(np.int64).reshape(rows, bins)
+        self.sums[grow] = sums.reshape(rows, bins)
+
+    def bin_centers(self) -> np.ndarray:
+        """``(C, bins)`` centre of every bin (all 0 for channels without positive values)."""
+        return (np.arange(self.bins) + 0.5)[None, :] * self.bin_width[:, None]
+
+    def bin_means(self) -> np.ndarray:
+        """``(C, bins)`` mean of the values in every bin; the centre for empty bins."""
+        means = self.bin_centers()
+        full = self.counts > 0
+        means[full] = self.sums[full] / self.counts[full]
+        return means
+
+    def percentile(self, q: float) -> np.ndarray:
+        """Per-channel percentile of the positive values.
+
+        ``q = 100`` gives the exact maximum. Otherwise the result is the inverse of the
+        histogram's CDF with values spread evenly inside their bin: it lies in the bin of
+        the ``ceil(q / 100 * n)``-th smallest positive value, so it is within one bin width
+        of numpy's ``method="inverted_cdf"`` percentile of the same values.
+
+        Args:
+            q: Percentile in [0, 100].
+
+        Returns:
+            ``(C,)`` float64; 0 for channels without positive values.
+        """
+        if not 0 <= q <= 100:
+            raise ValueError(f"percentile must be in [0, 100], got {q}")
+        if q == 100:
+            return self.max.copy()
+        cumulative = np.cumsum(self.counts, axis=1)
+        # A rank of at least a sliver above 0 makes q = 0 land in the first non-empty bin.
+        rank = np.maximum(q / 100.0 * self.n_positive, 1e-9)
+        bin_index = np.minimum((cumulative < rank[:, None]).sum(axis=1), self.bins - 1)
+        rows = np.arange(self.channels)
+        below = np.where(bin_index > 0, cumulative[rows, bin_index - 1], 0)
+        inside = self.counts[rows, bin_index]
+        fraction = np.clip((rank - below) / np.maximum(inside, 1), 0.0, 1.0)
+        value = (bin_index + fraction) * self.bin_width
+        value = np.minimum(value, self.max)
+        return np.where(self.n_positive > 0, value, 0.0)
+
+    def layer(self) -> ChannelHistogram:
+        """Merges all channels into a one-channel histogram, for layer-wise thresholds.
+
+        Channels have different ranges, so their bins are re-binned onto a common range:
+        the largest upper edge, with the same number of bins. Each source bin is moved whole
+        into the common bin that holds its centre (its mean would be biased towards the
+        values, its centre is not). Common bins are at least as wide as any source bin, so a
+        value ends at most half a common bin outside its bin, counts stay integers, and
+        totals, sums, the maximum and the per-bin sums (hence means) stay exact.
+        """
+        merged = ChannelHistogram(1, self.bins)
+        merged.n_total[0] = self.n_total.sum()
+        merged.n_positive[0] = self.n_positive.sum()
+        merged.sum_positive[0] = self.sum_positive.sum()
+        merged.max[0] = self.max.max()
+        upper = self.upper.max()
+        if upper == 0:
+            return merged
+        merged.upper[0] = upper
+        target = np.ceil(self.bin_centers() * (self.bins / upper)).astype(np.int64) - 1
+        target = np.clip(target, 0, self.bins - 1).ravel()
+        counts = np.bincount(target, weights=self.counts.ravel(), minlength=self.bins)
+        merged.counts[0] = np.rint(counts).astype(np.int64)
+        merged.sums[0] = np.bincount(target, weights=self.sums.ravel(), minlength=self.bins)
+        return merged
+
+
+def collect_activation_stats(
+    model: onnx.ModelProto,
+    tensor_names: list[str],
+    batches: Iterable[dict[str, np.ndarray]],
+    *,
+    bins: int = 2048,
+    progress: bool = True,
+    total: int | None = None,
+) -> dict[str, ChannelHistogram]:
+    """Runs the ANN on calibration batches and histograms the named tensors.
+
+    The model is copied and every requested tensor is added as an extra graph output (with
+    its ``value_info`` when the model has one, else with only a name and FLOAT type), then
+    onnxruntime runs it on the CPU one batch at a time. Each batch's outputs update the
+    histograms and are dropped before the next batch, so memory does not grow with the
+    number of images. The model given is not modified.
+
+    Args:
+        model: The ANN, runnable by onnxruntime.
+        tensor_names: Tensors to histogram (for DNI, the inputs of every Relu).
+        batches: Feeds ``{input_name: array}``, each holding a batch of images.
+        bins: Bins per channel.
+        progress: Show a tqdm progress bar counting images.
+        total: Number of images, for the progress bar (optional).
+
+    Returns:
+        Tensor name -> histogram, in the order of ``tensor_names``.
+
+    Raises:
+        CalibrationError: No batches, a tensor that is not in the graph, feed names that do
+            not match the model's inputs, feeds of the wrong shape, or non-finite
+            activations.
+    """
+    names = list(dict.fromkeys(tensor_names))
+    if not names:
+        return {}
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    graph_inputs = [i.name for i in graph.input if i.name not in initializers]
+    produced = {out for node in graph.node for out in node.output if out}
+    unknown = [n for n in names if n not in produced and n not in graph_inputs]
+    if unknown:
+        raise CalibrationError(
+            f"cannot calibrate tensors {unknown}: no node of the model produces them"
+        )
+
+    # A tensor that is itself a graph input comes straight from the feed; all the others
+    # become extra outputs of a copy of the model.
+    fetched = [n for n in names if n not in graph_inputs]
+    session = _session_with_outputs(model, fetched)
+    inputs = session.get_inputs()
+    allowed = {i.name for i in inputs} | {i.name for i in session.get_overridable_initializers()}
+
+    hists: dict[str, ChannelHistogram] = {}
+    count = 0
+    with tqdm(total=total, desc="calibrating", unit="images", disable=not progress) as bar:
+        for number, feed in enumerate(batches):
+            feed = _check_feed(feed, inputs, allowed, number)
+            images = int(feed[inputs[0].name].shape[0]) if inputs else 0
+            outputs = _run(session, fetched, feed, inputs, number) if fetched else []
+            values = dict(zip(fetched, outputs))
+            for name in names:
+                tensor = values[name] if name in values else feed[name]
+                if name not in hists:
+                    if tensor.ndim < 2:
+                        raise CalibrationError(
+                            f"tensor {name!r} has shape {tensor.shape}; calibration needs "
+                            "(N, C, ...) with channels on axis 1"
+                        )
+                    hists[name] = ChannelHistogram(tensor.shape[1], bins)
+                try:
+                    hists[name].update(tensor)
+                except (ValueError, CalibrationError) as err:
+                    raise CalibrationError(f"tensor {name!r}, batch {number}: {err}") from err
+            # Drop this batch's arrays before fetching the next one.
+            del feed, outputs, values, tensor
+            count += 1
+            bar.update(images)
+    if count == 0:
+        raise CalibrationError("calibration data holds no images: the batch iterator was empty")
+    return hists
+
+
+def _session_with_outputs(model: onnx.ModelProto, names: list[str]) -> ort.InferenceSession:
+    """An onnxruntime CPU session of a copy of ``model`` that also outputs ``names``."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    value_info = {vi.name: vi for vi in graph.value_info}
+    existing = {o.name for o in graph.output}
+    for name in names:
+        if name in existing:
+            continue
+        if name in value_info:
+            graph.output.append(value_info[name])
+        else:
+            graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initializers are noise here
+    try:
+        return ort.InferenceSession(
+            copy.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except _ORT_ERRORS as err:
+        raise CalibrationError(f"onnxruntime cannot load the model for calibration: {err}") from err
+
+
+def _expected(inputs) -> str:
+    """The model's inputs as ``name: [dims] type`` for error messages."""
+    return ", ".join(f"{i.name}: {list(i.shape)} {i.type}" for i in inputs)
+
+
+def _check_feed(feed, inputs, allowed: set[str], number: int) -> dict[str, np.ndarray]:
+    """Checks names and shapes of one feed and converts float arrays to what the model takes.
+
+    Returns:
+        The feed as a new dict of numpy arrays.
+    """
+    if not isinstance(feed, dict):
+        raise CalibrationError(
+            f"calibration batch {number} is a {type(feed).__name__}, expected a dict "
+            f"{{input_name: array}}; the model takes {_expected(inputs)}"
+        )
+    feed = {name: np.asarray(value) for name, value in feed.items()}
+    missing = [i.name for i in inputs if i.name not in feed]
+    extra = [name for name in feed if name not in allowed]
+    if missing or extra:
+        raise CalibrationError(
+            f"calibration batch {number}: missing inputs {missing}, unknown inputs {extra}; "
+            f"the model takes {_expected(inputs)}"
+        )
+    for spec in inputs:
+        array = feed[spec.name]
+        if spec.type == "tensor(float)" and array.dtype != np.float32:
+            if not np.issubdtype(array.dtype, np.number):
+                raise CalibrationError(
+                    f"calibration batch {number}: input {spec.name!r} has dtype "
+                    f"{array.dtype}, the model expects float32"
+                )
+            array = feed[spec.name] = array.astype(np.float32)
+        fits = array.ndim == len(spec.shape) and all(
+            not isinstance(dim, int) or dim == size for dim, size in zip(spec.shape, array.shape)
+        )
+        if not fits:
+            raise CalibrationError(
+                f"calibration batch {number}: input {spec.name!r} has shape "
+                f"{list(array.shape)}, the model expects {list(spec.shape)} "
+                "(strings are free dimensions)"
+            )
+        if array.ndim == 0 or array.shape[0] == 0:
+            raise CalibrationError(
+                f"calibration batch {number}: input {spec.name!r} holds no images "
+                f"(shape {list(array.shape)})"
+            )
+    return feed
+
+
+def _run(session, names, feed, inputs, number: int) -> list[np.ndarray]:
+    """One onnxruntime call, with its errors turned into a CalibrationError."""
+    try:
+        return session.run(names, feed)
+    except _ORT_ERRORS as err:
+        given = ", ".join(f"{k}: {list(v.shape)}" for k, v in feed.items())
+        raise CalibrationError(
+            f"onnxruntime failed on calibration batch {number} (given {given}; the model "
+            f"expects {_expected(inputs)}): {err}"
+        ) from err

@@ -1,0 +1,614 @@
+"""ONNX front end: load and validate a model, import it into onnx-graphsurgeon, export it back.
+
+Protobuf stays here: the passes see only the onnx-graphsurgeon graph that
+:func:`import_graph` returns. That graph is at opset :data:`TARGET_OPSET`, its nodes have
+unique names, its constant subgraphs are folded into constants, and its only dynamic
+dimension is the leading batch dimension, called :data:`BATCH_DIM`.
+
+Folding strategy (see :func:`import_graph`): PyTorch's ``x.view(x.size(0), -1)`` computes a
+Reshape shape from the batch size at run time, so it cannot be folded while the batch is
+symbolic. The graph is therefore folded twice, with the batch fixed to two different sizes;
+constants that come out equal are batch-independent, and a Reshape shape that differs only
+where it names the batch size is rewritten with Reshape's "copy this input dim" 0 (or -1).
+Any other batch-dependent constant is refused, so the folded graph runs at every batch size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper, shape_inference, version_converter
+
+from snncompiler.errors import ModelError, UnsupportedOpError
+
+TARGET_OPSET = 17
+"""Opset of the default ONNX domain that every later stage assumes."""
+
+BATCH_DIM = "N"
+"""Name of the symbolic batch dimension on the imported graph's inputs and outputs."""
+
+# Two distinct batch sizes to fold at: a constant that differs between them depends on the
+# batch. Neither is 1, so a batch dim cannot be mistaken for a broadcast or unit dim.
+_FOLD_BATCHES = (2, 3)
+# Folding a Reshape shape can make a later Shape static; a few rounds reach the fixed point
+# of every exporter pattern we know (one round per nested flatten would be the worst case).
+_MAX_FOLD_ROUNDS = 4
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "ConvInteger",
+        "MatMulInteger",
+    }
+)
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Reads, validates and normalises an ONNX model file.
+
+    The steps, in order: read the protobuf without its external data; refuse external data
+    stored outside the model's folder (before anything opens it); load the external data;
+    check the graph's structure and run ``onnx.checker``; refuse non-float32 inputs and
+    weights and quantized ops; convert to :data:`TARGET_OPSET`; infer shapes strictly.
+
+    Args:
+        path: The ``.onnx`` file. External data files are looked up next to it.
+
+    Returns:
+        The model at opset :data:`TARGET_OPSET` with inferred shapes in ``value_info``.
+        Graph inputs that are also initializers (IR < 4 models) are dropped from the inputs:
+        the compiler treats weights as constants.
+
+    Raises:
+        ModelError: The file is missing, unreadable, truncated, invalid, unsafe, not float32,
+            or cannot be converted to opset 17.
+        UnsupportedOpError: The model is quantized.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        # External data is loaded separately, after its locations have been vetted.
+        model = onnx.load_model(path, load_external_data=False)
+    except (OSError, DecodeError, ValueError) as err:
+        raise ModelError(
+            f"{path}: not a readable ONNX model (truncated or corrupt?): {err}"
+        ) from err
+    if not model.HasField("graph") or not model.graph.node:
+        raise ModelError(f"{path}: the file holds no graph (empty or truncated ONNX file?)")
+
+    _check_external_data(model, path)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        raise ModelError(f"{path}: could not load external data: {err}") from err
+
+    _drop_initializer_inputs(model.graph)
+    _check_structure(model.graph)
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as err:
+        raise ModelError(f"{path}: the ONNX checker refused the model: {err}") from err
+    _check_dtypes(model, str(path))
+
+    opset = _default_opset(model)
+    if opset != TARGET_OPSET:
+        try:
+            model = version_converter.convert_version(model, TARGET_OPSET)
+        except (version_converter.ConvertError, RuntimeError, ValueError) as err:
+            raise ModelError(
+                f"{path}: could not convert opset {opset} to {TARGET_OPSET}: {err}"
+            ) from err
+    return _infer_shapes(model, str(path))
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Imports a model (as :func:`load_model` returns it) into onnx-graphsurgeon.
+
+    Every graph input must be ``(batch, static dims...)``. Constant subgraphs are folded,
+    ``Constant`` nodes included, by folding the graph at two fixed batch sizes and keeping
+    what does not depend on the batch; batch-dependent Reshape shapes become batch-free
+    (``[0, -1]`` for ``x.view(x.size(0), -1)``). When the model's batch is static (exported
+    without dynamic axes), Reshape shapes that spell that batch size out as their leading
+    element are read as "keep the batch" too. Inputs and outputs get the symbolic batch
+    :data:`BATCH_DIM` and shapes are inferred again, so the graph runs at any batch size.
+
+    Args:
+        model: A model at opset :data:`TARGET_OPSET`. It is not modified.
+
+    Returns:
+        The folded graph, cleaned up and topologically sorted, every node uniquely named
+        (``<OpType>_<index>`` where the model had no name).
+
+    Raises:
+        ModelError: A dangling input or a cycle; an input that is not ``(batch, static
+            dims...)``; a constant that depends on the batch size in a way no rewrite can
+            remove; inconsistent shapes.
+    """
+    opset = _default_opset(model)
+    if opset != TARGET_OPSET:
+        raise ModelError(
+            f"import_graph expects opset {TARGET_OPSET}, the model has {opset}; "
+            "read the file with load_model, which converts it"
+        )
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    _drop_initializer_inputs(work.graph)
+    _check_structure(work.graph)
+    _name_nodes(work.graph)
+    static_batch = _check_batch_inputs(work.graph)
+    work = _infer_shapes(work, "import_graph")
+    if static_batch is not None:
+        _unbake_static_batch(work.graph, static_batch)
+
+    originals = {tensor.name for tensor in work.graph.initializer}
+    graph_a, graph_b = (_fold_at_batch(work, batch) for batch in _FOLD_BATCHES)
+    _generalise_batch(graph_a, graph_b, originals)
+
+    exported = gs.export_onnx(graph_a)
+    graph = gs.import_onnx(_infer_shapes(exported, "after folding constants"))
+    try:
+        graph.cleanup().toposort()
+    except Exception as err:  # gs raises its own exception type on a cycle
+        raise ModelError(f"the graph has a cycle: {err}") from err
+    return graph
+
+
+def export_model(graph: gs.Graph) -> onnx.ModelProto:
+    """Exports an onnx-graphsurgeon graph to an ONNX model at :data:`TARGET_OPSET`.
+
+    Args:
+        graph: A graph as :func:`import_graph` or a pass leaves it.
+
+    Returns:
+        A model whose default domain is at opset :data:`TARGET_OPSET`, with the lowest IR
+        version that opset needs (so that onnxruntime accepts it). Other domains used by
+        nodes (e.g. ``snncompiler``) are imported at version 1 unless the graph says more.
+    """
+    imports = {"": TARGET_OPSET}
+    for opset_id in graph.import_domains or ():
+        if opset_id.domain not in _DEFAULT_DOMAINS:
+            imports[opset_id.domain] = opset_id.version
+    for node in graph.nodes:
+        if node.domain and node.domain not in _DEFAULT_DOMAINS:
+            imports.setdefault(node.domain, 1)
+    opset_imports = [onnx.helper.make_opsetid(dom, ver) for dom, ver in imports.items()]
+    model = gs.export_onnx(graph, opset_imports=opset_imports)
+    model.ir_version = onnx.helper.find_min_ir_version_for(opset_imports, ignore_unknown=True)
+    return model
+
+
+
+def ort_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """An onnxruntime CPU session that computes the model as written.
+
+    Graph optimisations are off, so that fused or reordered kernels do not change the
+    numbers the compiler compares against (calibration, tests).
+
+    Args:
+        model: Any model onnxruntime can run (at most 2 GB serialised).
+
+    Returns:
+        The session.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT warns about unused initializers etc.
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Refuses external data that would be read from outside the model's folder."""
+    folder = os.path.realpath(path.parent)
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if not _is_inside(folder, location):
+            raise ModelError(
+                f"{path}: tensor '{tensor.name}' keeps its data in '{location}', which is "
+                f"outside the model's folder {folder}; refusing to read it. External data "
+                "must be a relative path inside that folder (no '..', no absolute path, no "
+                "symlink out of it)"
+            )
+
+
+def _is_inside(folder: str, location: str) -> bool:
+    """Whether ``location`` names a file strictly inside ``folder`` once links are resolved."""
+    if not location or "\0" in location:
+        return False
+    posix, windows = PurePosixPath(location), PureWindowsPath(location)
+    # Checked on both spellings: a model written on Windows may use backslashes or drives.
+    if posix.is_absolute() or windows.drive or windows.root:
+        return False
+    if ".." in posix.parts or ".." in windows.parts:
+        return False
+    # realpath only stats and reads links; the data file itself is not opened here.
+    resolved = os.path.realpath(os.path.join(folder, location))
+    return resolved != folder and os.path.commonpath([folder, resolved]) == folder
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model: initializers, node attributes, subgraphs and functions."""
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield from _attribute_tensors(node.attribute)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        yield from _attribute_tensors(node.attribute)
+
+
+def _attribute_tensors(attributes) -> Iterator[onnx.TensorProto]:
+    for attr in attributes:
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
+        sparse = list(attr.sparse_tensors)
+        if attr.HasField("sparse_tensor"):
+            sparse.append(attr.sparse_tensor)
+        for tensor in sparse:
+            yield from (tensor.values, tensor.indices)
+        if attr.HasField("g"):
+            yield from _graph_tensors(attr.g)
+        for subgraph in attr.graphs:
+            yield from _graph_tensors(subgraph)
+
+
+def _drop_initializer_inputs(graph: onnx.GraphProto) -> None:
+    """Removes graph inputs that are initializers (IR < 4 style): weights are constants."""
+    weights = {tensor.name for tensor in graph.initializer}
+    kept = [value for value in graph.input if value.name not in weights]
+    if len(kept) != len(graph.input):
+        del graph.input[:]
+        graph.input.extend(kept)
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return f"'{node.name}' ({node.op_type})" if node.name else f"#{index} ({node.op_type})"
+
+
+def _check_structure(graph: onnx.GraphProto) -> None:
+    """Refuses dangling inputs, doubly produced tensors and cycles, naming the node."""
+    known = {value.name for value in graph.input}
+    known.update(tensor.name for tensor in graph.initializer)
+    known.update(sparse.values.name for sparse in graph.sparse_initializer)
+    producer: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.output:
+            if not name:
+                continue
+            if name in producer or name in known:
+                raise ModelError(
+                    f"node {_node_label(node, index)} writes '{name}', which is already a "
+                    "graph input, an initializer or another node's output"
+                )
+            producer[name] = index
+
+    dependencies: list[set[int]] = []
+    for index, node in enumerate(graph.node):
+        sources = set()
+        for name in node.input:
+            if name and name not in known and name not in producer:
+                raise ModelError(
+                    f"node {_node_label(node, index)} reads '{name}', which is neither a "
+                    "graph input, an initializer nor the output of another node"
+                )
+            if name in producer:
+                sources.add(producer[name])
+        dependencies.append(sources)
+    for value in graph.output:
+        if value.name not in known and value.name not in producer:
+            raise ModelError(f"graph output '{value.name}' is not produced by any node")
+
+    # Kahn's algorithm: whatever never becomes ready lies on (or after) a cycle.
+    users: list[list[int]] = [[] for _ in graph.node]
+    for index, sources in enumerate(dependencies):
+        for source in sources:
+            users[source].append(index)
+    waiting = [len(sources) for sources in dependencies]
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    while ready:
+        for user in users[ready.pop()]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                ready.append(user)
+    stuck = [_node_label(graph.node[i], i) for i, count in enumerate(waiting) if count]
+    if stuck:
+        listed = ", ".join(stuck[:5]) + (", ..." if len(stuck) > 5 else "")
+        raise ModelError(f"the graph has a cycle through {listed}")
+
+
+def _float_name(data_type: int) -> str | None:
+    """The type's name when it is a floating type other than float32, else None."""
+    name = onnx.TensorProto.DataType.Name(data_type)
+    if name != "FLOAT" and ("FLOAT" in name or name in ("DOUBLE", "COMPLEX64", "COMPLEX128")):
+        return name.lower()
+    return None
+
+
+def _check_dtypes(model: onnx.ModelProto, where: str) -> None:
+    """Refuses non-float32 inputs and floating weights, and quantized ops."""
+    graph = model.graph
+    for value in graph.input:
+        elem_type = value.type.tensor_type.elem_type
+        if not value.type.HasField("tensor_type") or elem_type != onnx.TensorProto.FLOAT:
+            found = onnx.TensorProto.DataType.Name(elem_type).lower()
+            raise ModelError(
+                f"{where}: graph input '{value.name}' is {found}; snncompiler computes in "
+                "float32: export the model with float32 inputs"
+            )
+    first_user: dict[str, str] = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type in _QUANTIZED_OPS or node.op_type.startswith(("QLinear", "QGemm")):
+            raise UnsupportedOpError(
+                f"{where}: node {_node_label(node, index)} is a quantized op; snncompiler "
+                "converts float32 models: convert the float32 model before quantizing it"
+            )
+        for name in node.input:
+            first_user.setdefault(name, _node_label(node, index))
+    constants = list(graph.initializer)
+    constants += [
+        attr.t
+        for node in graph.node
+        if node.op_type == "Constant"
+        for attr in node.attribute
+        if attr.HasField("t")
+    ]
+    for tensor in constants:
+        found = _float_name(tensor.data_type)
+        if found is not None:
+            used_by = first_user.get(tensor.name, "a Constant node")
+            raise ModelError(
+                f"{where}: weight '{tensor.name}' (used by {used_by}) is {found}; "
+                "snncompiler computes in float32: convert the model to float32 first"
+            )
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    versions = [entry.version for entry in model.opset_import if entry.domain in _DEFAULT_DOMAINS]
+    if not versions:
+        raise ModelError("the model imports no opset of the default ONNX domain")
+    return versions[0]
+
+
+def _infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """Strict shape inference; data propagation lets Shape -> Gather -> ... chains resolve."""
+    try:
+        return shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except (shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as err:
+        raise ModelError(f"{where}: shape inference found an inconsistency: {err}") from err
+
+
+# --- importing ---------------------------------------------------------------------------
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    """Gives every node a unique, non-empty name; ``<OpType>_<index>`` for unnamed ones."""
+    taken = {node.name for node in graph.node if node.name}
+    seen: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = node.name or f"{node.op_type}_{index}"
+        name, suffix = base, 1
+        while name in taken or name in seen:
+            name, suffix = f"{base}_{suffix}", suffix + 1
+        node.name = name
+        seen.add(name)
+        taken.add(name)
+
+
+def _check_batch_inputs(graph: onnx.GraphProto) -> int | None:
+    """Checks that every input is (batch, static dims...); returns a static batch size if any."""
+    static = set()
+    for value in graph.input:
+        tensor_type = value.type.tensor_type
+        dims = list(tensor_type.shape.dim) if tensor_type.HasField("shape") else None
+        spelled = (
+            "unknown"
+            if dims is None
+            else "(" + ", ".join(d.dim_param or str(d.dim_value) for d in dims) + ")"
+        )
+        if not dims or any(not d.HasField("dim_value") or d.dim_value < 1 for d in dims[1:]):
+            raise ModelError(
+                f"graph input '{value.name}' has shape {spelled}; the batch must be the only "
+                "dynamic dimension: export the model with inputs (batch, static dims...)"
+            )
+        if dims[0].HasField("dim_value"):
+            static.add(dims[0].dim_value)
+    if len(static) > 1:
+        raise ModelError(f"the graph inputs disagree on the batch size: {sorted(static)}")
+    return static.pop() if static else None
+
+
+def _proto_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _unbake_static_batch(graph: onnx.GraphProto, batch: int) -> None:
+    """Rewrites Reshape shapes that spell out a static export batch as "keep the batch".
+
+    A model exported without dynamic axes may carry ``Reshape(x, [1, -1])``. When the
+    Reshape's input and output both lead with that batch size, the leading 1 is read as the
+    batch and becomes 0 ("copy input dim 0"). A non-batch leading dim that happens to equal
+    the export batch would be misread; CNN exporters do not produce that.
+    """
+    shapes = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        if value.type.tensor_type.HasField("shape"):
+            shapes[value.name] = [d.dim_value or None for d in value.type.tensor_type.shape.dim]
+    constants = _proto_constants(graph)
+    taken = set(constants) | {name for node in graph.node for name in node.output}
+    for node in graph.node:
+        if node.op_type != "Reshape" or _proto_attr(node, "allowzero", 0):
+            continue
+        target = constants.get(node.input[1])
+        data, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if target is None or not target.size or not data or not out:
+            continue
+        if target[0] == batch and data[0] == batch and out[0] == batch:
+            fixed = target.astype(np.int64)
+            fixed[0] = 0
+            name = _unique(f"{node.name}_shape", taken)
+            graph.initializer.append(onnx.numpy_helper.from_array(fixed, name))
+            node.input[1] = name
+
+
+def _proto_attr(node: onnx.NodeProto, name: str, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    name, suffix = base, 1
+    while name in taken:
+        name, suffix = f"{base}_{suffix}", suffix + 1
+    taken.add(name)
+    return name
+
+
+def _fold_at_batch(model: onnx.ModelProto, batch: int) -> gs.Graph:
+    """Folds every constant subgraph with the batch dimension fixed to ``batch``."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    del fixed.graph.value_info[:]
+    for value in fixed.graph.input:
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    for value in fixed.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    where = f"folding at batch size {batch}"
+    graph = gs.import_onnx(_infer_shapes(fixed, where))
+    for _ in range(_MAX_FOLD_ROUNDS):
+        count = len(graph.nodes)
+        graph.fold_constants(fold_shapes=True, partitioning="basic").cleanup()
+        if len(graph.nodes) == count:
+            break
+        # New constants make more shapes static, which may let more Shape nodes fold.
+        exported = gs.export_onnx(graph)
+        del exported.graph.value_info[:]
+        graph = gs.import_onnx(_infer_shapes(exported, where))
+    return graph
+
+
+def _generalise_batch(graph: gs.Graph, other: gs.Graph, originals: set[str]) -> None:
+    """Makes ``graph`` (folded at one batch) batch-free by comparing it with ``other``.
+
+    Both were folded from the same model at batch sizes ``_FOLD_BATCHES``, so they have the
+    same nodes; a folded constant that differs between them depends on the batch.
+    """
+    batch_a, batch_b = _FOLD_BATCHES
+    if [n.name for n in graph.nodes] != [n.name for n in other.nodes]:
+        raise ModelError(
+            f"constant folding kept different nodes at batch sizes {batch_a} and {batch_b}: "
+            "the model's structure depends on the batch size"
+        )
+    taken = set(graph.tensors())
+    for node, twin in zip(graph.nodes, other.nodes):
+        for index, (tensor, twin_tensor) in enumerate(zip(node.inputs, twin.inputs)):
+            if not isinstance(tensor, gs.Constant) or tensor.name in originals:
+                continue
+            values, twin_values = tensor.values, np.asarray(twin_tensor.values)
+            if values.shape == twin_values.shape and np.array_equal(values, twin_values):
+                continue
+            if node.op == "Reshape" and index == 1 and values.shape == twin_values.shape:
+                fixed = _batch_free_shape(node, twin, values, twin_values)
+                node.inputs[1] = gs.Constant(_unique(f"{node.name}_shape", taken), fixed)
+                continue
+            raise ModelError(
+                f"node '{node.name}' ({node.op}): input '{tensor.name}' depends on the batch "
+                f"size ({_brief(values)} at batch {batch_a}, {_brief(twin_values)} at batch "
+                f"{batch_b}); only Reshape shapes can be made batch-independent"
+            )
+
+    for value in graph.inputs:
+        value.shape = [BATCH_DIM, *value.shape[1:]]
+    outputs = {id(t) for t in graph.outputs}
+    for value, twin in zip(graph.outputs, other.outputs):
+        value.shape = _batch_free_output(value, twin)
+    inputs = {id(t) for t in graph.inputs}
+    for tensor in graph.tensors().values():
+        # Intermediate shapes were inferred at a fixed batch: forget them, inference redoes it.
+        if isinstance(tensor, gs.Variable) and id(tensor) not in inputs | outputs:
+            tensor.shape = None
+
+
+def _batch_free_shape(
+    node: gs.Node, twin: gs.Node, values: np.ndarray, twin_values: np.ndarray
+) -> np.ndarray:
+    """A Reshape shape valid at every batch size, from the shapes folded at two sizes."""
+    batch_a, batch_b = _FOLD_BATCHES
+    fixed = values.astype(np.int64)
+    varies = values != twin_values
+    data, twin_data = node.inputs[0].shape, twin.inputs[0].shape
+    batch_leading = bool(data) and bool(twin_data) and (data[0], twin_data[0]) == _FOLD_BATCHES
+    if (
+        varies[0]
+        and (values[0], twin_values[0]) == (batch_a, batch_b)
+        and batch_leading
+        and not node.attrs.get("allowzero", 0)
+    ):
+        fixed[0] = 0  # Reshape's 0 copies input dim 0: the batch, whatever its size.
+        varies[0] = False
+    rest = np.flatnonzero(varies)
+    if len(rest) == 1 and -1 not in fixed:
+        # The only batch-dependent entry: -1 makes Reshape compute it from the element count.
+        fixed[rest[0]] = -1
+    elif len(rest):
+        raise ModelError(
+            f"node '{node.name}' (Reshape): shape {_brief(values)} at batch {batch_a} and "
+            f"{_brief(twin_values)} at batch {batch_b} depends on the batch size in more than "
+            "one place; it cannot be made batch-independent"
+        )
+    return fixed
+
+
+def _batch_free_output(value: gs.Variable, twin: gs.Variable) -> list | None:
+    if value.shape is None or twin.shape is None:
+        return None  # shape inference fills it in from the inputs
+    shape = list(value.shape)
+    for axis, (size, twin_size) in enumerate(zip(value.shape, twin.shape)):
+        if size == twin_size:
+            continue
+        if axis == 0 and (size, twin_size) == _FOLD_BATCHES:
+            shape[0] = BATCH_DIM
+            continue
+        raise ModelError(
+            f"graph output '{value.name}' has shape {value.shape} at batch {_FOLD_BATCHES[0]} "
+            f"and {twin.shape} at batch {_FOLD_BATCHES[1]}: only the leading dimension may "
+            "depend on the batch size"
+        )
+    return shape
+
+
+def _brief(values: np.ndarray) -> str:
+    return np.array2string(np.asarray(values), threshold=8, edgeitems=3)

@@ -1,0 +1,131 @@
+"""The compiler: front end, the pass pipeline, lowering. One visible list of passes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx_graphsurgeon as gs
+
+from snncompiler import frontend
+from snncompiler.context import CompileConfig, CompileContext
+from snncompiler.data import Dataset, check_input_shape, feeds
+from snncompiler.errors import CalibrationError, InputError
+from snncompiler.lowering import LOWERINGS, lower_graph, problems_error, unsupported_error
+from snncompiler.passes.calibrate_neurons import calibrate_neurons
+from snncompiler.passes.drop_identity import drop_identity
+from snncompiler.passes.fold_batchnorm import fold_batchnorm
+from snncompiler.passes.mark_readout import mark_readout
+from snncompiler.passes.replace_relu import replace_relu
+from snncompiler.runtime.graph import Program
+
+Pass = Callable[[gs.Graph, CompileContext], int]
+
+# The order matters: calibration runs the graph in onnxruntime, so it must come after the
+# exact ANN rewrites and before Relu becomes SNM (which onnxruntime cannot run).
+PIPELINE: tuple[Pass, ...] = (
+    drop_identity,
+    fold_batchnorm,
+    calibrate_neurons,
+    replace_relu,
+    mark_readout,
+)
+NEEDS_DATA = {calibrate_neurons}
+
+
+@dataclass
+class CompileResult:
+    program: Program
+    pass_counts: dict[str, int]
+    report: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_passes(graph: gs.Graph, ctx: CompileContext,
+               passes: tuple[Pass, ...] = PIPELINE) -> dict[str, int]:
+    """Runs ``passes`` in order, with cleanup and toposort after each; returns counts."""
+    counts = {}
+    for rewrite in passes:
+        if ctx.dry_run and rewrite in NEEDS_DATA:
+            continue
+        counts[rewrite.__name__] = rewrite(graph, ctx)
+        graph.cleanup().toposort()
+    return counts
+
+
+def check_convertible(graph: gs.Graph, config: CompileConfig) -> Program:
+    """Converts a copy of ``graph`` with placeholder neurons: fails fast, before calibration.
+
+    Raises:
+        UnsupportedOpError: listing every node that cannot be converted.
+    """
+    unknown = {n.name: str(unsupported_error(n)) for n in graph.nodes
+               if n.op not in LOWERINGS or n.op == "SNM"}
+    if unknown:
+        raise problems_error(unknown)
+    ctx = CompileContext(config, dry_run=True)
+    copy = graph.copy()
+    run_passes(copy, ctx)
+    return lower_graph(copy, ctx)
+
+
+def compile_model(model_path: str | Path, calibration: Dataset | None,
+                  config: CompileConfig | None = None) -> CompileResult:
+    """Converts an ONNX ANN into a spiking Program with DNISNM.
+
+    Args:
+        model_path: The ONNX file.
+        calibration: Preprocessed calibration inputs (only ``x`` is used).
+        config: Conversion choices.
+
+    Raises:
+        ModelError, UnsupportedOpError, CalibrationError, InputError.
+    """
+    start = time.perf_counter()
+    config = config or CompileConfig()
+    model = frontend.load_model(model_path)
+    graph = frontend.import_graph(model)
+    check_convertible(graph, config)
+    if calibration is None:
+        raise CalibrationError("DNI needs calibration data: pass --calib FILE.npz")
+    if len(graph.inputs) != 1:
+        raise InputError(f"the model has {len(graph.inputs)} inputs; calibration from one "
+                         ".npz file supports single-input models")
+    source = graph.inputs[0]
+    check_input_shape(calibration, source.name, tuple(source.shape[1:]))
+    ctx = CompileContext(
+        config,
+        calibration_batches=lambda: feeds(calibration.x, source.name, config.calib_batch_size),
+        calibration_size=len(calibration),
+    )
+    counts = run_passes(graph, ctx)
+    program = lower_graph(graph, ctx, source=Path(model_path).name)
+    program.calibration = calibration_summary(ctx, calibration)
+    return CompileResult(program, counts, ctx.report, time.perf_counter() - start)
+
+
+def calibration_summary(ctx: CompileContext, calibration: Dataset) -> dict:
+    """The JSON-able record of how neurons were calibrated, stored in the .snn header."""
+    config = ctx.config
+    layers = {}
+    for name, params in ctx.neuron_params.items():
+        layers[name] = {
+            "channels": int(params.theta.shape[1]),
+            "mean_theta": [float(v) for v in params.theta.mean(axis=1)],
+            "expected_error": [float(v) for v in params.expected_error.mean(axis=1)],
+        }
+    return {
+        "method": "DNI" if config.initial_potential == "dni" else config.initial_potential,
+        "samples": len(calibration),
+        "source": Path(calibration.source).name,
+        "timesteps": list(config.timesteps),
+        "theta_neg": config.theta_neg,
+        "max_spikes_per_step": config.max_spikes_per_step,
+        "granularity": config.granularity,
+        "initial_potential": config.initial_potential,
+        "threshold_percentiles": list(config.threshold_percentiles),
+        "threshold_search": config.threshold_search,
+        "layers": layers,
+    }
