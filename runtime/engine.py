@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from snncompiler.runtime import linear
 from snncompiler.runtime.errors import InputError
 from snncompiler.runtime.graph import Program

@@ -113,8 +113,8 @@ def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
                     initial_potential, granularity, max_spikes, scale, mean, std, force, quiet):
     """Compile MODEL (ONNX) to a .snn spiking network."""
     from snncompiler.context import CompileConfig
-    from snncompiler.data import Preprocessing, load_npz
     from snncompiler.evaluate import parse_timesteps
+    from snncompiler.npz import Preprocessing, load_npz
     from snncompiler.pipeline import compile_model
     from snncompiler.runtime.format import save_program
 
@@ -171,8 +171,8 @@ def eval_command(snn, data, timesteps, onnx_path, json_path, batch_size, limit, 
                  std, force, quiet):
     """Accuracy of SNN (a .snn file) for every T, next to the ANN's."""
     from snncompiler import runtime
-    from snncompiler.data import Preprocessing, load_npz
     from snncompiler.evaluate import evaluate, format_table, parse_timesteps
+    from snncompiler.npz import Preprocessing, load_npz
 
     steps = parse_timesteps(timesteps)
     if json_path and Path(json_path).exists() and not force:

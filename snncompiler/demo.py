@@ -8,8 +8,8 @@ from importlib import resources
 from pathlib import Path
 
 from snncompiler.context import CompileConfig
-from snncompiler.data import Preprocessing, load_npz
 from snncompiler.evaluate import evaluate, format_table, parse_timesteps
+from snncompiler.npz import Preprocessing, load_npz
 from snncompiler.runtime.engine import SpikingNetwork
 from snncompiler.runtime.format import save_program
 

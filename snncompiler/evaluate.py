@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from snncompiler.data import Dataset, check_input_shape
 from snncompiler.errors import InputError
+from snncompiler.npz import Dataset, check_input_shape
 from snncompiler.runtime.engine import SpikingNetwork, nearest_calibrated
 
 

@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, shape_inference, version_converter
+from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from snncompiler.errors import ModelError, UnsupportedOpError
 
@@ -151,7 +152,13 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     static_batch = _check_batch_inputs(work.graph)
     work = _infer_shapes(work, "import_graph")
     if static_batch is not None:
-        _unbake_static_batch(work.graph, static_batch)
+        # Fold the constant-only subgraphs first, so that a batch size assembled from
+        # constants (Concat(Unsqueeze(Constant 1), ...)) becomes a literal Reshape shape to
+        # unbake. Shape nodes stay: folding them here would bake the batch in everywhere.
+        graph = gs.import_onnx(work)
+        graph.fold_constants(fold_shapes=False, partitioning="basic").cleanup()
+        _unbake_static_batch(graph, static_batch)
+        work = _infer_shapes(gs.export_onnx(graph), "after unbaking the export batch size")
 
     originals = {tensor.name for tensor in work.graph.initializer}
     graph_a, graph_b = (_fold_at_batch(work, batch) for batch in _FOLD_BATCHES)
@@ -161,7 +168,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     graph = gs.import_onnx(_infer_shapes(exported, "after folding constants"))
     try:
         graph.cleanup().toposort()
-    except Exception as err:  # gs raises its own exception type on a cycle
+    except OnnxGraphSurgeonException as err:  # _check_structure should have caught it
         raise ModelError(f"the graph has a cycle: {err}") from err
     return graph
 
@@ -188,7 +195,6 @@ def export_model(graph: gs.Graph) -> onnx.ModelProto:
     model = gs.export_onnx(graph, opset_imports=opset_imports)
     model.ir_version = onnx.helper.find_min_ir_version_for(opset_imports, ignore_unknown=True)
     return model
-
 
 
 def ort_session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -428,11 +434,7 @@ def _check_batch_inputs(graph: onnx.GraphProto) -> int | None:
     for value in graph.input:
         tensor_type = value.type.tensor_type
         dims = list(tensor_type.shape.dim) if tensor_type.HasField("shape") else None
-        spelled = (
-            "unknown"
-            if dims is None
-            else "(" + ", ".join(d.dim_param or str(d.dim_value) for d in dims) + ")"
-        )
+        spelled = "unknown" if dims is None else "(" + ", ".join(_spell_dim(d) for d in dims) + ")"
         if not dims or any(not d.HasField("dim_value") or d.dim_value < 1 for d in dims[1:]):
             raise ModelError(
                 f"graph input '{value.name}' has shape {spelled}; the batch must be the only "
@@ -445,15 +447,13 @@ def _check_batch_inputs(graph: onnx.GraphProto) -> int | None:
     return static.pop() if static else None
 
 
-def _proto_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    values = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
-    return values
+def _spell_dim(dim: onnx.TensorShapeProto.Dimension) -> str:
+    if dim.HasField("dim_value"):
+        return str(dim.dim_value)
+    return dim.dim_param or "?"
 
 
-def _unbake_static_batch(graph: onnx.GraphProto, batch: int) -> None:
+def _unbake_static_batch(graph: gs.Graph, batch: int) -> None:
     """Rewrites Reshape shapes that spell out a static export batch as "keep the batch".
 
     A model exported without dynamic axes may carry ``Reshape(x, [1, -1])``. When the
@@ -461,32 +461,35 @@ def _unbake_static_batch(graph: onnx.GraphProto, batch: int) -> None:
     batch and becomes 0 ("copy input dim 0"). A non-batch leading dim that happens to equal
     the export batch would be misread; CNN exporters do not produce that.
     """
-    shapes = {}
-    for value in [*graph.input, *graph.value_info, *graph.output]:
-        if value.type.tensor_type.HasField("shape"):
-            shapes[value.name] = [d.dim_value or None for d in value.type.tensor_type.shape.dim]
-    constants = _proto_constants(graph)
-    taken = set(constants) | {name for node in graph.node for name in node.output}
-    for node in graph.node:
-        if node.op_type != "Reshape" or _proto_attr(node, "allowzero", 0):
+    taken = set(graph.tensors())
+    for node in graph.nodes:
+        if node.op != "Reshape" or not isinstance(node.inputs[1], gs.Constant):
             continue
-        target = constants.get(node.input[1])
-        data, out = shapes.get(node.input[0]), shapes.get(node.output[0])
-        if target is None or not target.size or not data or not out:
+        target = np.asarray(node.inputs[1].values)
+        data, out = node.inputs[0].shape, node.outputs[0].shape
+        if target.ndim != 1 or not target.size or not data or not out:
             continue
-        if target[0] == batch and data[0] == batch and out[0] == batch:
-            fixed = target.astype(np.int64)
-            fixed[0] = 0
-            name = _unique(f"{node.name}_shape", taken)
-            graph.initializer.append(onnx.numpy_helper.from_array(fixed, name))
-            node.input[1] = name
+        if target[0] == data[0] == out[0] == batch:
+            fixed = _copy_batch_dim(node, target)
+            if fixed is not None:
+                node.inputs[1] = gs.Constant(_unique(f"{node.name}_shape", taken), fixed)
+                if node.attrs.get("allowzero", 0):
+                    node.attrs["allowzero"] = 0  # _copy_batch_dim found no literal zero
 
 
-def _proto_attr(node: onnx.NodeProto, name: str, default):
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
+def _copy_batch_dim(node: gs.Node, shape: np.ndarray) -> np.ndarray | None:
+    """``shape`` with its first entry 0 ("copy input dim 0"), or None where 0 would be read
+    as a literal zero.
+
+    With ``allowzero=1`` 0 is literal; the caller may switch it off when no other entry is
+    0, which leaves the Reshape's meaning unchanged (the dynamo exporter sets it on every
+    view).
+    """
+    if node.attrs.get("allowzero", 0) and (shape[1:] == 0).any():
+        return None
+    fixed = shape.astype(np.int64)
+    fixed[0] = 0
+    return fixed
 
 
 def _unique(base: str, taken: set[str]) -> str:
@@ -506,11 +509,13 @@ def _fold_at_batch(model: onnx.ModelProto, batch: int) -> gs.Graph:
         value.type.tensor_type.shape.dim[0].dim_value = batch
     for value in fixed.graph.output:
         value.type.tensor_type.ClearField("shape")
-    where = f"folding at batch size {batch}"
+    where = f"folding with the batch size set to {batch} (does the model bake its batch in?)"
     graph = gs.import_onnx(_infer_shapes(fixed, where))
     for _ in range(_MAX_FOLD_ROUNDS):
         count = len(graph.nodes)
-        graph.fold_constants(fold_shapes=True, partitioning="basic").cleanup()
+        _fold_shape_nodes(graph)
+        # gs's own shape folding ignores Shape's start/end (opset 15), so it stays off.
+        graph.fold_constants(fold_shapes=False, partitioning="basic").cleanup()
         if len(graph.nodes) == count:
             break
         # New constants make more shapes static, which may let more Shape nodes fold.
@@ -518,6 +523,22 @@ def _fold_at_batch(model: onnx.ModelProto, batch: int) -> gs.Graph:
         del exported.graph.value_info[:]
         graph = gs.import_onnx(_infer_shapes(exported, where))
     return graph
+
+
+def _fold_shape_nodes(graph: gs.Graph) -> None:
+    """Replaces every Shape of a statically shaped tensor by its value (start/end honoured)."""
+    for node in graph.nodes:
+        source = node.inputs[0] if node.op == "Shape" else None
+        if source is None or not _is_static(source.shape):
+            continue
+        rank = len(source.shape)
+        # ONNX Shape: negative bounds count from the end; both are clamped to [0, rank].
+        start, end = node.attrs.get("start", 0), node.attrs.get("end", rank)
+        start = min(max(start + rank if start < 0 else start, 0), rank)
+        end = min(max(end + rank if end < 0 else end, 0), rank)
+        output = node.outputs[0]
+        output.to_constant(np.array(source.shape[start:end], dtype=np.int64))
+        output.inputs.clear()
 
 
 def _generalise_batch(graph: gs.Graph, other: gs.Graph, originals: set[str]) -> None:
@@ -537,10 +558,16 @@ def _generalise_batch(graph: gs.Graph, other: gs.Graph, originals: set[str]) -> 
         for index, (tensor, twin_tensor) in enumerate(zip(node.inputs, twin.inputs)):
             if not isinstance(tensor, gs.Constant) or tensor.name in originals:
                 continue
-            values, twin_values = tensor.values, np.asarray(twin_tensor.values)
-            if values.shape == twin_values.shape and np.array_equal(values, twin_values):
+            if not isinstance(twin_tensor, gs.Constant):
+                raise ModelError(
+                    f"node '{node.name}' ({node.op}): input '{tensor.name}' folds to a constant "
+                    f"at batch size {batch_a} but not at {batch_b}"
+                )
+            values, twin_values = tensor.values, twin_tensor.values
+            same_shape = values.shape == twin_values.shape
+            if same_shape and np.array_equal(values, twin_values, equal_nan=True):
                 continue
-            if node.op == "Reshape" and index == 1 and values.shape == twin_values.shape:
+            if node.op == "Reshape" and index == 1 and same_shape:
                 fixed = _batch_free_shape(node, twin, values, twin_values)
                 node.inputs[1] = gs.Constant(_unique(f"{node.name}_shape", taken), fixed)
                 continue
@@ -565,31 +592,55 @@ def _generalise_batch(graph: gs.Graph, other: gs.Graph, originals: set[str]) -> 
 def _batch_free_shape(
     node: gs.Node, twin: gs.Node, values: np.ndarray, twin_values: np.ndarray
 ) -> np.ndarray:
-    """A Reshape shape valid at every batch size, from the shapes folded at two sizes."""
+    """A Reshape shape valid at every batch size, from the Reshape folded at two sizes.
+
+    First from the shape constants themselves (which keeps the model's -1), then from the
+    Reshape's inferred output shapes (which spell every static dim out, for when the
+    model's own -1 is taken, e.g. ``view(size(0), -1)`` of a tensor whose batch is not
+    leading).
+    """
+    out, twin_out = node.outputs[0].shape, twin.outputs[0].shape
+    candidates = [(values, twin_values)]
+    if _is_static(out) and _is_static(twin_out) and len(out) == len(twin_out) and 0 not in out:
+        candidates.append((np.array(out), np.array(twin_out)))
+    for shape, twin_shape in candidates:
+        fixed = _without_batch(node, twin, shape, twin_shape)
+        if fixed is not None:
+            return fixed
     batch_a, batch_b = _FOLD_BATCHES
-    fixed = values.astype(np.int64)
-    varies = values != twin_values
+    raise ModelError(
+        f"node '{node.name}' (Reshape): shape {_brief(values)} at batch {batch_a} and "
+        f"{_brief(twin_values)} at batch {batch_b} depends on the batch size in a way that "
+        "neither 0 (copy the batch) nor -1 can express"
+    )
+
+
+def _without_batch(
+    node: gs.Node, twin: gs.Node, shape: np.ndarray, twin_shape: np.ndarray
+) -> np.ndarray | None:
+    """``shape`` with its batch-dependent entries made 0 or -1, or None if it cannot be."""
+    fixed = shape.astype(np.int64)
+    varies = shape != twin_shape
     data, twin_data = node.inputs[0].shape, twin.inputs[0].shape
     batch_leading = bool(data) and bool(twin_data) and (data[0], twin_data[0]) == _FOLD_BATCHES
-    if (
-        varies[0]
-        and (values[0], twin_values[0]) == (batch_a, batch_b)
-        and batch_leading
-        and not node.attrs.get("allowzero", 0)
-    ):
-        fixed[0] = 0  # Reshape's 0 copies input dim 0: the batch, whatever its size.
-        varies[0] = False
+    copied = None
+    if varies[0] and (shape[0], twin_shape[0]) == _FOLD_BATCHES and batch_leading:
+        copied = _copy_batch_dim(node, fixed)
+        if copied is not None:
+            fixed, varies[0] = copied, False
     rest = np.flatnonzero(varies)
-    if len(rest) == 1 and -1 not in fixed:
+    if len(rest) > 1 or (len(rest) == 1 and -1 in fixed):
+        return None
+    if len(rest) == 1:
         # The only batch-dependent entry: -1 makes Reshape compute it from the element count.
         fixed[rest[0]] = -1
-    elif len(rest):
-        raise ModelError(
-            f"node '{node.name}' (Reshape): shape {_brief(values)} at batch {batch_a} and "
-            f"{_brief(twin_values)} at batch {batch_b} depends on the batch size in more than "
-            "one place; it cannot be made batch-independent"
-        )
+    if copied is not None and node.attrs.get("allowzero", 0):
+        node.attrs["allowzero"] = 0  # _copy_batch_dim found no literal zero
     return fixed
+
+
+def _is_static(shape) -> bool:
+    return shape is not None and all(isinstance(dim, int) and dim >= 0 for dim in shape)
 
 
 def _batch_free_output(value: gs.Variable, twin: gs.Variable) -> list | None:

@@ -11,9 +11,9 @@ import onnx_graphsurgeon as gs
 
 from snncompiler import frontend
 from snncompiler.context import CompileConfig, CompileContext
-from snncompiler.data import Dataset, check_input_shape, feeds
 from snncompiler.errors import CalibrationError, InputError
 from snncompiler.lowering import LOWERINGS, lower_graph, problems_error, unsupported_error
+from snncompiler.npz import Dataset, check_input_shape, feeds
 from snncompiler.passes.calibrate_neurons import calibrate_neurons
 from snncompiler.passes.drop_identity import drop_identity
 from snncompiler.passes.fold_batchnorm import fold_batchnorm

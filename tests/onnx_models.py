@@ -86,9 +86,7 @@ def conv_bn_model(
     """
     conv_inputs = ["x", "w"] + (["b"] if bias else [])
     nodes = [
-        helper.make_node(
-            "Conv", conv_inputs, ["c"], name="conv", pads=[1, 1, 1, 1], group=groups
-        ),
+        helper.make_node("Conv", conv_inputs, ["c"], name="conv", pads=[1, 1, 1, 1], group=groups),
         batchnorm("c", "n", "bn", epsilon=1e-3),
         helper.make_node("Relu", ["n"], ["r"], name="relu"),
     ]
