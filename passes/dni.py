@@ -31,6 +31,14 @@ when ``f < 1 - phi`` (error ``f^2``) and up otherwise (error ``(1 - f)^2``); for
 ``phi = g / G`` the test ``f < 1 - g / G`` is ``floor(f * G) < G - g``, so bucketing the
 bins by ``floor(f * G)`` and taking cumulative sums gives the objective at all G values of
 ``v0`` for the cost of one pass over the bins.
+
+What the search finds. ``phi = 1/2`` rounds every u below the cap to its nearest integer,
+which is the smallest error for that u, whatever the data and theta (the clipped part does
+not depend on v0). So for this objective, on constant inputs, ``v0 = theta / 2`` is optimal
+for every activation at once and the v0 search can only tie with it; ties go to theta / 2.
+The gain of DNI here comes from choosing theta per channel and per T. A data-dependent v0
+needs inputs that are not constant over time (deeper layers), see the second stage in
+docs/DNISNM.md.
 """
 
 from __future__ import annotations
@@ -229,7 +237,7 @@ def choose_neuron_parameters(
 
     source = hist.layer() if granularity == "layer" else hist
     candidates = threshold_candidates(source, percentiles)
-    p_index, phi, _ = _search(source, candidates, timesteps, k, grid_size, steps)
+    p_index, phi = _search(source, candidates, timesteps, k, grid_size, steps)
     theta = candidates[np.arange(source.channels)[None, :], p_index]  # (K, C of source)
     v0 = phi * theta
     chosen = np.asarray(percentiles)[p_index]
@@ -299,7 +307,7 @@ def _search(
     k: int,
     grid_size: int,
     steps: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Best (threshold candidate, v0 grid point) per channel and T.
 
     Ties (within ``_TIE_RTOL``) go to the v0 closest to theta / 2, which sits farthest from
@@ -307,8 +315,7 @@ def _search(
     then to the higher percentile, which clips less.
 
     Returns:
-        ``(K, C)`` index into the candidates, ``(K, C)`` phi = v0 / theta, ``(K, C)``
-        objective.
+        ``(K, C)`` index into the candidates and ``(K, C)`` phi = v0 / theta.
     """
     channels, count = candidates.shape
     phis = steps / grid_size
@@ -323,7 +330,6 @@ def _search(
     shape = (len(timesteps), channels)
     best_p = np.zeros(shape, dtype=np.int64)
     best_phi = np.zeros(shape, dtype=np.float64)
-    best = np.zeros(shape, dtype=np.float64)
     chunk = max(1, _CHUNK_ELEMENTS // (count * hist.bins))
     for lo in range(0, channels, chunk):
         part = slice(lo, lo + chunk)
@@ -339,8 +345,7 @@ def _search(
             pick = order[np.argmax(flat <= lowest * (1 + _TIE_RTOL), axis=1)]
             best_p[i, part] = p_of[pick]
             best_phi[i, part] = phis[s_of[pick]]
-            best[i, part] = lowest[:, 0]
-    return best_p, best_phi, best
+    return best_p, best_phi
 
 
 def _grid_objective(
@@ -365,7 +370,10 @@ def _grid_objective(
     """
     channels, count = theta.shape
     cap = k * timesteps
-    u = means[:, None, :] * (timesteps / theta)[:, :, None]
+    # T * a / theta in the order spike_output computes it (for v0 = 0 the two must agree to
+    # the last bit: an activation equal to theta is u = T exactly, not T - 1 ulp, which
+    # floor would send a whole step down).
+    u = (timesteps * means)[:, None, :] / theta[:, :, None]
     w = weights[:, None, :]
     clipped = u >= cap
     tail = np.einsum(
