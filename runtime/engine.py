@@ -23,6 +23,7 @@ from snncompiler.runtime.errors import InputError
 from snncompiler.runtime.graph import Program
 from snncompiler.runtime.neurons import THETA_NEG_CODES, snm_scan
 from snncompiler.runtime.opset import infer_shape
+from snncompiler.runtime.pooling import maxpool_track
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of activations per time chunk
 MAX_READOUT_BYTES = 4 * 2**30
@@ -108,13 +109,13 @@ def _run_maxpool(node, inputs, state, engine):
     if "running_input" not in state:
         state["running_input"] = np.zeros(x.data.shape[1:], dtype=np.float64)
         state["pooled"] = np.zeros((batch, *node.shape), dtype=np.float64)
-    running = state["running_input"] + np.cumsum(x.data, axis=0, dtype=np.float64)
-    pooled = _maxpool(node, running.reshape(steps * batch, *running.shape[2:]))
-    pooled = pooled.reshape(steps, batch, *node.shape)
-    out = np.diff(pooled, axis=0, prepend=state["pooled"][None])
-    state["running_input"] = running[-1]
-    state["pooled"] = pooled[-1]
-    return Value(out.astype(np.float32), True)
+        a = node.attrs
+        state["geometry"] = [np.asarray(a[key], dtype=np.int64)
+                             for key in ("kernel", "strides", "pads", "dilations")]
+    out = np.empty((steps, batch, *node.shape), dtype=np.float32)
+    maxpool_track(np.ascontiguousarray(x.data, dtype=np.float32), *state["geometry"],
+                  state["running_input"], state["pooled"], out)
+    return Value(out, True)
 
 
 def _run_reshape(node, inputs, state, engine):
