@@ -8,11 +8,11 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from snncompiler.passes.calibrate_neurons import calibrate_neurons
-from snncompiler.passes.calibration_stats import collect_activation_stats
 
 from snncompiler.context import CompileConfig, CompileContext
 from snncompiler.errors import CalibrationError
+from snncompiler.passes.calibrate_neurons import calibrate_neurons
+from snncompiler.passes.calibration_stats import collect_activation_stats
 
 
 def tiny_model(batch="N", height=8, infer_shapes=True) -> onnx.ModelProto:

@@ -5,6 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from snncompiler.errors import CalibrationError
 from snncompiler.passes.calibration_stats import ChannelHistogram
 from snncompiler.passes.dni import (
     NeuronParams,
@@ -13,8 +15,6 @@ from snncompiler.passes.dni import (
     spike_output,
     threshold_candidates,
 )
-
-from snncompiler.errors import CalibrationError
 
 FAST = settings(max_examples=50, deadline=None)
 

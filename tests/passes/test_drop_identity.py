@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import helper
-from snncompiler.passes.drop_identity import drop_identity
 
 from snncompiler.context import CompileConfig, CompileContext
 from snncompiler.errors import UnsupportedOpError
 from snncompiler.frontend import export_model, import_graph
+from snncompiler.passes.drop_identity import drop_identity
 from tests.onnx_models import inputs_for, make_model, run, value, weight
 
 

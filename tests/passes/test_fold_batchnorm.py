@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
-from snncompiler.passes.fold_batchnorm import fold_batchnorm
 
 from snncompiler.context import CompileConfig, CompileContext
 from snncompiler.errors import UnsupportedOpError
 from snncompiler.frontend import export_model, import_graph
+from snncompiler.passes.fold_batchnorm import fold_batchnorm
 from tests.onnx_models import (
     batchnorm,
     bn_weights,
