@@ -42,7 +42,8 @@ def add_block(builder: GraphBuilder, kind: str, channels: int) -> None:
         builder.relu()
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     blocks=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=4),
     channels=st.integers(2, 6),
