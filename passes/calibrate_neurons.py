@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from snncompiler.context import CompileContext
@@ -9,13 +10,21 @@ from snncompiler.errors import CalibrationError
 
 from .calibration_stats import collect_activation_stats
 from .dni import choose_neuron_parameters
+from .replace_activations import (
+    ABS_SUFFIX,
+    calibration_tensor,
+    is_clip_neuron,
+    is_leaky_neuron,
+)
 
 
 def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
-    """Calibrates the neuron that will replace every Relu (DNI).
+    """Calibrates the neuron that will replace every Relu, Clip(x, 0, hi), LeakyRelu, PRelu.
 
     Runs the ANN as it stands (exported with ``gs.export_onnx``) in onnxruntime on
-    ``ctx.calibration_batches()``, with the input of every Relu exposed as an output, keeps
+    ``ctx.calibration_batches()``, with the input of every Relu exposed as an output (for
+    the other activations, the tensor :func:`~.replace_activations.calibration_tensor`
+    names: a Clip's output; ``|f(x)|`` of a leaky one, through an added Abs node), keeps
     a bounded per-channel histogram of each (``ctx.activation_stats``) and chooses the
     thresholds and initial potentials for every T of ``ctx.config.timesteps``
     (``ctx.neuron_params``, see :func:`~snncompiler.passes.dni.choose_neuron_parameters`).
@@ -34,17 +43,25 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
         CalibrationError: No calibration data, or data that does not fit the model.
     """
     names = []
+    signed = set()  # tensors of |f(x)| that calibrate leaky (signed) neurons
     for node in graph.nodes:
         if node.op == "Relu" and isinstance(node.inputs[0], gs.Variable):
-            if node.inputs[0].name not in names:
-                names.append(node.inputs[0].name)
+            name = node.inputs[0].name
+        elif is_clip_neuron(node) or is_leaky_neuron(node):
+            name = calibration_tensor(node)
+            if is_leaky_neuron(node):
+                signed.add(name)
+        else:
+            continue
+        if name not in names:
+            names.append(name)
     if not names:
         return 0
     if ctx.calibration_batches is None:
         raise CalibrationError("DNI needs calibration data: pass --calib FILE.npz")
 
     config = ctx.config
-    model = gs.export_onnx(graph)
+    model = gs.export_onnx(_with_abs_outputs(graph) if signed else graph)
     stats = collect_activation_stats(
         model,
         names,
@@ -56,12 +73,18 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
     first_t = config.timesteps[0]
     for name in names:
         hist = stats[name]
+        # A signed neuron rounds values of both signs: v0 = theta / 2 rounds both to the
+        # nearest level, which is optimal for constant inputs (see passes/dni.py), so the
+        # v0 search of "dni" would only tie with it on |f(x)|.
+        potential = config.initial_potential
+        if name in signed and potential == "dni":
+            potential = "half"
         params = choose_neuron_parameters(
             hist,
             config.timesteps,
             percentiles=config.threshold_percentiles,
             threshold_search=config.threshold_search,
-            initial_potential=config.initial_potential,
+            initial_potential=potential,
             granularity=config.granularity,
             max_spikes_per_step=config.max_spikes_per_step,
         )
@@ -69,10 +92,23 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
         ctx.neuron_params[name] = params
         inactive = int(params.inactive.sum())
         ctx.report.append(
-            f"DNI {name}: {hist.channels} channels"
+            f"DNI {name}: {hist.channels} channels{' (signed)' if name in signed else ''}"
             + (f" ({inactive} never active)" if inactive else "")
             + f", T={first_t}: mean theta {params.theta[0].mean():.4g}, expected error "
             f"{params.expected_error[0].mean():.3g} (max thresholds, v0=0: "
             f"{params.baseline_error['p100/zero'][0].mean():.3g})"
         )
     return len(names)
+
+
+def _with_abs_outputs(graph: gs.Graph) -> gs.Graph:
+    """A copy of ``graph`` with ``|y|`` computed for the output ``y`` of every leaky neuron."""
+    work = graph.copy()
+    for node in list(work.nodes):
+        if is_leaky_neuron(node):
+            result = node.outputs[0]
+            magnitude = gs.Variable(result.name + ABS_SUFFIX, dtype=result.dtype or np.float32,
+                                    shape=result.shape)
+            work.nodes.append(gs.Node("Abs", f"{node.name}{ABS_SUFFIX}", inputs=[result],
+                                      outputs=[magnitude]))
+    return work

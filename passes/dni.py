@@ -56,6 +56,11 @@ from .calibration_stats import ChannelHistogram
 # positive value does: with v0 = 0 and inputs that never exceed 0, they never fire.
 INACTIVE_THETA = 1.0
 
+# Threshold candidates: percentiles of each channel's positive activations. Going down to
+# the 90th matters at small T, where clipping a few large values buys a finer step for
+# all the others (docs/results/fidelity.md, the threshold-grid ablation).
+DEFAULT_PERCENTILES = (90.0, 95.0, 97.0, 98.0, 99.0, 99.5, 99.7, 99.9, 99.95, 99.99, 100.0)
+
 # Percentile thresholds whose objective is reported as baselines, with v0 = 0 and theta / 2.
 BASELINE_PERCENTILES = (100.0, 99.9)
 
@@ -178,7 +183,7 @@ def choose_neuron_parameters(
     hist: ChannelHistogram,
     timesteps: Sequence[int],
     *,
-    percentiles: Sequence[float] = (99.0, 99.5, 99.9, 99.95, 99.99, 100.0),
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     threshold_search: bool = True,
     initial_potential: str = "dni",
     granularity: str = "channel",

@@ -1,10 +1,19 @@
 """The timestep engine: plans a Program once, then runs it chunk by chunk over time.
 
 Values flowing between nodes are either *static*, ``(N, ...)``, constant over time (what is
-computed from the directly coded input alone, so the first linear segment runs once), or
-*dynamic*, ``(Tc, N, ...)``, one slice per step of the current time chunk. Stateless ops
-fold time into the batch; ``snm`` and ``maxpool`` scan time and keep their state between
-chunks, so any chunking, including ``step()`` one step at a time, gives the same result.
+computed from the directly coded input alone, so the first linear segment runs once, with
+numpy), or *dynamic*, ``(Tc, N, ...)``, one slice per step of the current time chunk.
+Stateful ops keep their state between chunks, so any chunking, including ``step()`` one
+step at a time, gives the same result.
+
+Two executors run the dynamic part, with the same semantics:
+
+- ``"fused"`` (the default when every dynamic op has a kernel, see
+  :mod:`snncompiler.runtime.fused`): one numba call per time chunk runs all dynamic nodes
+  sample by sample and step by step, with event-driven ``conv``/``gemm`` on spikes. Its
+  results do not depend on the time chunk, the batch or the thread count, bit for bit.
+- ``"nodes"``: one executor per node over the whole chunk, time folded into the batch
+  (numpy and BLAS; numba for conv and the stateful ops). It runs every op of the schema.
 
 Readout: each graph output accumulates its value; the readout after t steps is the sum of
 its values over steps 1..t divided by t.
@@ -16,17 +25,30 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
-from snncompiler.runtime import linear
+from snncompiler.runtime import fused, kernels, linear
+from snncompiler.runtime.analog import run_analog
 from snncompiler.runtime.errors import InputError
 from snncompiler.runtime.graph import Program
+from snncompiler.runtime.neuron_variants import run_snm_clip, run_snm_leaky
 from snncompiler.runtime.neurons import THETA_NEG_CODES, snm_scan
-from snncompiler.runtime.opset import infer_shape
+from snncompiler.runtime.opset import OPS, infer_shape
 from snncompiler.runtime.pooling import maxpool_track
+from snncompiler.runtime.shape_ops import (
+    run_concat,
+    run_pad,
+    run_reduce,
+    run_resize,
+    run_transpose,
+)
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of activations per time chunk
 MAX_READOUT_BYTES = 4 * 2**30
+EXECUTOR_CHOICES = ("auto", "fused", "nodes")
+BLOCKS_PER_THREAD = 4  # samples are split in this many blocks per thread (load balance)
+COUNTING_OPCODES = (kernels.CONV, kernels.CONV_GROUPED, kernels.GEMM, kernels.SNM)
 
 
 @dataclass
@@ -60,15 +82,67 @@ def _align(value: Value, rank: int) -> np.ndarray:
 # the node that persists across time chunks until reset().
 
 
-def _run_conv(node, inputs, state, engine):
+def _count(state, counts: np.ndarray) -> None:
+    """Adds per-sample counts (N,) to the node's counter (see SpikingNetwork.counters)."""
+    state["count"] = state.get("count", 0) + counts.astype(np.int64)
+
+
+def _reach(size, kernel, stride, pad, dilation, out) -> np.ndarray:
+    """For each input index along one axis: how many kernel taps land on an output."""
+    position = np.arange(size)[:, None] + pad - np.arange(kernel)[None, :] * dilation
+    valid = (position >= 0) & (position % stride == 0) & (position // stride < out)
+    return valid.sum(axis=1)
+
+
+def conv_additions(node, spikes: np.ndarray) -> np.ndarray:
+    """Additions an event-driven conv does on ``spikes`` (Tc, N, C, H, W), per sample.
+
+    Each nonzero input adds one weight row (O/group values) per kernel tap that lands on
+    an output; taps that fall off the border cost nothing.
+    """
     a = node.attrs
-    return _folded(inputs[0], lambda x: linear.conv2d(
-        x, node.arrays["weight"], node.arrays["bias"], a["strides"], a["pads"],
-        a["dilations"], a["group"]))
+    weight = node.arrays["weight"]
+    taps = np.outer(
+        _reach(spikes.shape[3], weight.shape[2], a["strides"][0], a["pads"][0],
+               a["dilations"][0], node.shape[1]),
+        _reach(spikes.shape[4], weight.shape[3], a["strides"][1], a["pads"][1],
+               a["dilations"][1], node.shape[2]))
+    active = np.count_nonzero(spikes, axis=2)
+    per_group = weight.shape[0] // a["group"]
+    return per_group * np.einsum("tnhw,hw->n", active.astype(np.int64), taps)
+
+
+def _conv(node, data: np.ndarray) -> np.ndarray:
+    """Conv of a (B, C, H, W) batch with the event-driven kernel, sample by sample (numba):
+    much faster than BLAS on spikes, and as fast on the dense input of the first layer."""
+    a = node.attrs
+    weight = node.arrays["weight"]
+    out_channels, _, kh, kw = weight.shape
+    out_shape = tuple(node.shape)
+    batch = data.shape[0]
+    out = np.empty((batch, math.prod(out_shape)), dtype=np.float32)
+    kernels.conv_batch(fused.to_storage(data.astype(np.float32, copy=False), data.shape[1:]),
+                       *data.shape[1:], fused.conv_weight_layout(weight, a["group"]),
+                       node.arrays["bias"].astype(np.float32), out_channels, kh, kw,
+                       *a["strides"], a["pads"][0], a["pads"][1], *a["dilations"], a["group"],
+                       *out_shape[1:], min(batch, BLOCKS_PER_THREAD * numba.get_num_threads()),
+                       out)
+    return np.ascontiguousarray(fused.from_storage(out, out_shape))
+
+
+def _run_conv(node, inputs, state, engine):
+    x = inputs[0]
+    if x.dynamic:
+        _count(state, conv_additions(node, x.data))
+    return _folded(x, lambda data: _conv(node, data))
 
 
 def _run_gemm(node, inputs, state, engine):
-    return _folded(inputs[0], lambda x: linear.gemm(x, node.arrays["weight"], node.arrays["bias"]))
+    x = inputs[0]
+    if x.dynamic:
+        active = np.count_nonzero(x.data.reshape(*x.data.shape[:2], -1), axis=(0, 2))
+        _count(state, active * node.arrays["weight"].shape[1])
+    return _folded(x, lambda data: linear.gemm(data, node.arrays["weight"], node.arrays["bias"]))
 
 
 def _run_affine(node, inputs, state, engine):
@@ -142,6 +216,9 @@ def _run_snm(node, inputs, state, engine):
     out = np.empty((steps, batch, channels, current.shape[3]), dtype=np.float32)
     snm_scan(current, not x.dynamic, theta, THETA_NEG_CODES[node.attrs["theta_neg"]],
              node.attrs["max_spikes_per_step"], state["membrane"], state["memory"], out)
+    # Spikes sent: |spike value| / theta, summed (a burst of k spikes counts k).
+    scale = np.where(theta > 0, theta, 1)[None, None, :, None]
+    _count(state, np.rint(np.abs(out) / scale).sum(axis=(0, 2, 3)))
     return Value(out.reshape(steps, batch, *node.shape), True)
 
 
@@ -155,6 +232,14 @@ EXECUTORS: dict[str, Callable] = {
     "maxpool": _run_maxpool,
     "reshape": _run_reshape,
     "snm": _run_snm,
+    "snm_clip": run_snm_clip,
+    "snm_leaky": run_snm_leaky,
+    "concat": run_concat,
+    "transpose": run_transpose,
+    "pad": run_pad,
+    "resize": run_resize,
+    "reduce": run_reduce,
+    "analog": run_analog,
 }
 
 
@@ -173,6 +258,9 @@ class SpikingNetwork:
     Args:
         program: The compiled program (see :func:`snncompiler.runtime.load`).
         memory_budget: Bytes of activations one time chunk may use; sets the default chunk.
+        executor: ``"auto"`` (the fused executor when every dynamic op has a fused kernel,
+            else the node executor), ``"fused"`` (required) or ``"nodes"``. Both give the
+            same results up to float rounding (they add in a different order).
 
     Example:
         >>> net = SpikingNetwork(program)
@@ -180,10 +268,21 @@ class SpikingNetwork:
         >>> readout[7].argmax(-1)                 # prediction at T = 8
     """
 
-    def __init__(self, program: Program, *, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    def __init__(self, program: Program, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 executor: str = "auto"):
+        if executor not in EXECUTOR_CHOICES:
+            raise InputError(f"executor must be one of {EXECUTOR_CHOICES}, got {executor!r}")
         self.program = program
         self.memory_budget = memory_budget
         self._plan()
+        supported = fused.supports(program, self._dynamic)
+        if executor == "fused" and not supported:
+            ops = sorted({n.op for n in self._dynamic_nodes if n.op not in fused.FUSED_OPS})
+            raise InputError(f"the fused executor has no kernel for {', '.join(ops)}; "
+                             "use executor='nodes' or 'auto'")
+        self.executor = "fused" if supported and executor != "nodes" else "nodes"
+        self._fused_plans: dict[bool, fused.FusedPlan] = {}
+        self._scratch: dict[str, np.ndarray] | None = None  # per-block rows of the kernels
         self.parameter_row = nearest_calibrated(program.timesteps, program.default_timesteps)
         self.chunk_steps = 1
         self.reset()
@@ -193,8 +292,7 @@ class SpikingNetwork:
         program = self.program
         shapes = {spec.name: tuple(spec.shape) for spec in program.inputs}
         dynamic = {spec.name: False for spec in program.inputs}
-        last_use: dict[str, int] = {}
-        for index, node in enumerate(program.nodes):
+        for node in program.nodes:
             if node.op not in EXECUTORS:
                 raise InputError(f"node {node.name!r}: unknown op {node.op!r}")
             shape = infer_shape(node, [shapes[name] for name in node.inputs])
@@ -202,28 +300,45 @@ class SpikingNetwork:
                 raise InputError(f"node {node.name!r}: stored shape {list(node.shape)} "
                                  f"but its inputs give {list(shape)}")
             shapes[node.output] = shape
-            dynamic[node.output] = node.op == "snm" or any(dynamic[n] for n in node.inputs)
-            for name in node.inputs:
-                last_use[name] = index
-        outputs = {spec.name for spec in program.outputs}
-        self._free_after = [
-            [n for n in node.inputs if last_use[n] == i and n not in outputs]
-            for i, node in enumerate(program.nodes)
-        ]
+            spiking = getattr(OPS[node.op], "spiking", node.op == "snm")
+            dynamic[node.output] = spiking or any(dynamic[n] for n in node.inputs)
         self._shapes = shapes
         self._dynamic = dynamic
         self._static_nodes = [n for n in program.nodes if not dynamic[n.output]]
         self._dynamic_nodes = [n for n in program.nodes if dynamic[n.output]]
         self._largest_sample = max(math.prod(s) for s in shapes.values())
 
+    def _fused_plan(self, record: bool) -> fused.FusedPlan:
+        if record not in self._fused_plans:
+            self._fused_plans[record] = fused.plan(self.program, self._shapes, self._dynamic,
+                                                   record=record)
+        return self._fused_plans[record]
+
+    @property
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample shape of every tensor (inputs and node outputs), by name."""
+        return dict(self._shapes)
+
+    def is_dynamic(self, name: str) -> bool:
+        """Whether tensor ``name`` changes over time (else it is computed once per input)."""
+        return self._dynamic[name]
+
     @property
     def timesteps_calibrated(self) -> list[int]:
         return list(self.program.timesteps)
 
-    def default_chunk(self, batch: int) -> int:
-        """Time steps per chunk so that one chunk's largest activations fit the budget."""
-        # A few live tensors of the largest size at once (input, output, scratch).
-        per_step = 4 * batch * self._largest_sample * 4
+    def default_chunk(self, batch: int, *, observer: bool = False) -> int:
+        """Time steps per chunk so that one chunk's activations fit the memory budget.
+
+        The node executor keeps a few tensors of the largest size per step; the fused
+        executor keeps only the readout (and, for an observer, every node's output).
+        """
+        if self.executor == "fused":
+            plan = self._fused_plan(observer)
+            per_step = 4 * batch * (plan.readout_size + plan.record_size)
+        else:
+            # A few live tensors of the largest size at once (input, output, scratch).
+            per_step = 4 * batch * self._largest_sample * 4
         return max(1, self.memory_budget // max(per_step, 1))
 
     # ----------------------------------------------------------------- state
@@ -231,12 +346,35 @@ class SpikingNetwork:
         """Forgets all neuron state: the next step is step 1 again."""
         self._state = {node.name: {} for node in self.program.nodes}
         self._sums: dict[str, np.ndarray] = {}
+        previous = getattr(self, "_fused_state", None)
+        self._spare_state = previous if previous is not None else getattr(
+            self, "_spare_state", None)
+        self._fused_state: dict | None = None
         self.t = 0
 
     def select_parameters(self, timesteps: int) -> int:
         """Uses the neuron parameters calibrated for the T closest to ``timesteps``."""
         self.parameter_row = nearest_calibrated(self.program.timesteps, timesteps)
         return self.program.timesteps[self.parameter_row]
+
+    def counters(self) -> dict[str, np.ndarray]:
+        """What each node counted since :meth:`reset`, per sample: ``{node name: (N,)}``.
+
+        ``conv`` and ``gemm`` on dynamic inputs count the additions an event-driven layer
+        does (each nonzero input times the outputs it reaches), ``snm`` the spikes it sent
+        (a burst of k counts k). :func:`snncompiler.runtime.stats.activity` turns these into
+        synaptic operations and firing rates per image.
+        """
+        counted = {}
+        if self._fused_state is not None:
+            for plan, totals in self._fused_state["counts"].values():
+                for k, name in enumerate(plan.op_nodes):
+                    if plan.ops[k, kernels.OPCODE] in COUNTING_OPCODES:
+                        counted[name] = counted.get(name, 0) + totals[:, k]
+        for node in self.program.nodes:
+            if "count" in self._state[node.name]:
+                counted[node.name] = np.asarray(self._state[node.name]["count"], np.int64)
+        return counted
 
     # ----------------------------------------------------------------- feeding
     def _feeds(self, inputs) -> dict[str, np.ndarray]:
@@ -303,6 +441,111 @@ class SpikingNetwork:
         elapsed = self.t + np.arange(1, steps + 1, dtype=np.float64)
         return (running / elapsed.reshape(-1, *([1] * (running.ndim - 1)))).astype(np.float32)
 
+    # ----------------------------------------------------------------- fused executor
+    def _static_rows(self, plan: fused.FusedPlan, static: dict[str, Value],
+                     batch: int) -> np.ndarray:
+        """The static tensors the dynamic nodes read, one row per sample."""
+        rows = np.empty((batch, plan.static_size), dtype=np.float32)
+        for name, (offset, size) in plan.static.items():
+            rows[:, offset:offset + size] = fused.to_storage(static[name].data,
+                                                             self._shapes[name])
+        return rows
+
+    def _fresh_fused_state(self, plan: fused.FusedPlan, batch: int) -> dict:
+        """Neuron and tracker state at step 0, in the arrays of the previous run when they
+        fit (allocating and first touching ~100 MB for a large batch costs more than
+        clearing it)."""
+        sizes = plan.state_sizes
+        dtypes = {"fstate": np.float32, "istate": np.int32, "dstate": np.float64}
+        spare = self._spare_state or {}
+        state = {}
+        for (name, dtype), size in zip(dtypes.items(), sizes):
+            array = spare.get(name)
+            if array is None or array.shape != (batch, size):
+                array = np.empty((batch, size), dtype=dtype)
+            array.fill(0)
+            state[name] = array
+        for offset, v0, shape in plan.membranes:
+            start = fused.per_neuron(v0, shape)[self.parameter_row]
+            state["fstate"][:, offset:offset + start.size] = start
+        state["counts"] = {}  # per plan (with or without RECORD rows): (plan, (N, n_ops))
+        self._fused_state = state
+        self._spare_state = None
+        return state
+
+    def _fused_steps(self, plan: fused.FusedPlan, rows: np.ndarray, readout: np.ndarray,
+                     record: np.ndarray) -> None:
+        """Advances the fused executor by ``readout.shape[0]`` steps from step ``self.t``."""
+        batch = rows.shape[0]
+        state = self._fused_state
+        if state is None:
+            state = self._fresh_fused_state(plan, batch)
+        elif state["fstate"].shape[0] != batch:
+            raise InputError(f"batch of {batch} after steps with a batch of "
+                             f"{state['fstate'].shape[0]}; call reset() first")
+        counts = state["counts"].setdefault(
+            id(plan), (plan, np.zeros((batch, len(plan.ops)), dtype=np.int64)))[1]
+        blocks = min(batch, BLOCKS_PER_THREAD * numba.get_num_threads())
+        if self._scratch is None or self._scratch["arena"].shape[0] != blocks or any(
+                self._scratch[k].shape[1] < size for k, size in plan.scratch.items()):
+            self._scratch = {name: np.zeros((blocks, plan.scratch[name]),
+                                            dtype=fused.SCRATCH_DTYPES[name])
+                             for name in fused.SCRATCH}
+        scratch = [self._scratch[name] for name in fused.SCRATCH]
+        # Blocks are handed to threads one at a time, so a thread slowed down by another
+        # process does not hold the others up; results never depend on it.
+        with numba.parallel_chunksize(1):
+            kernels.run_steps(plan.ops, plan.params, plan.index, rows, state["fstate"],
+                              state["istate"], state["dstate"], self.parameter_row, self.t,
+                              readout, record, *scratch, counts)
+
+    def _run_fused(self, feeds, steps: int, chunk: int | None, observer) -> dict:
+        plan = self._fused_plan(observer is not None)
+        static = self._static_values(feeds, observer)
+        batch = next(iter(feeds.values())).shape[0]
+        rows = self._static_rows(plan, static, batch)
+        chunk = chunk or self.default_chunk(batch, observer=observer is not None)
+        readout = np.empty((steps, batch, plan.readout_size), dtype=np.float32)
+        while self.t < steps:
+            todo = min(chunk, steps - self.t)
+            self.chunk_steps = todo
+            record = np.empty((todo, batch, plan.record_size), dtype=np.float32)
+            self._fused_steps(plan, rows, readout[self.t:self.t + todo], record)
+            if observer is not None:
+                self._observe_record(plan, record, observer)
+            self.t += todo
+        return self._fused_outputs(plan, readout, static)
+
+    def _observe_record(self, plan: fused.FusedPlan, record: np.ndarray, observer) -> None:
+        steps, batch = record.shape[:2]
+        recorded: dict[str, np.ndarray] = {}
+        for node in self._dynamic_nodes:
+            if node.op == "reshape":
+                data = recorded[node.inputs[0]].reshape(steps, batch, *node.shape)
+            else:
+                column, size = plan.record[node.name]
+                data = fused.from_storage(record[:, :, column:column + size], node.shape)
+            recorded[node.output] = data
+            observer(node, Value(data, True), self.t)
+
+    def _fused_outputs(self, plan: fused.FusedPlan, readout: np.ndarray,
+                       static: dict[str, Value]) -> dict[str, np.ndarray]:
+        steps, batch = readout.shape[:2]
+        result = {}
+        for spec in self.program.outputs:
+            if spec.name in plan.readout:
+                column, size = plan.readout[spec.name]
+                data = fused.from_storage(readout[:, :, column:column + size],
+                                          self._shapes[spec.name])
+                if size != readout.shape[2] or not data.flags.c_contiguous:
+                    data = np.ascontiguousarray(data)
+                result[spec.name] = data
+            else:  # constant over time: its running mean is itself
+                value = static[spec.name].data.astype(np.float32)
+                result[spec.name] = np.ascontiguousarray(
+                    np.broadcast_to(value[None], (steps, *value.shape)))
+        return result
+
     # ----------------------------------------------------------------- public API
     def run(self, inputs, timesteps: int | None = None, *, time_chunk: int | None = None,
             parameters_for: int | None = None, observer=None):
@@ -328,9 +571,12 @@ class SpikingNetwork:
         self._check_readout_memory(steps, batch)
         self.select_parameters(parameters_for or steps)
         self.reset()
-        chunk = int(time_chunk) if time_chunk else self.default_chunk(batch)
-        if chunk < 1:
+        if time_chunk is not None and int(time_chunk) < 1:
             raise InputError(f"time_chunk must be at least 1, got {time_chunk}")
+        if self.executor == "fused":
+            result = self._run_fused(feeds, steps, time_chunk and int(time_chunk), observer)
+            return next(iter(result.values())) if len(result) == 1 else result
+        chunk = int(time_chunk) if time_chunk else self.default_chunk(batch)
         static = self._static_values(feeds, observer)
         outputs = {spec.name: [] for spec in self.program.outputs}
         while self.t < steps:
@@ -350,9 +596,19 @@ class SpikingNetwork:
         """
         feeds = self._feeds(inputs)
         static = self._static_values(feeds)
-        values = self._chunk(static, 1)
-        result = {spec.name: self._readout(values[spec.name], spec.name, 1)[0]
-                  for spec in self.program.outputs}
+        if self.executor == "fused":
+            plan = self._fused_plan(False)
+            batch = next(iter(feeds.values())).shape[0]
+            readout = np.empty((1, batch, plan.readout_size), dtype=np.float32)
+            self.chunk_steps = 1
+            self._fused_steps(plan, self._static_rows(plan, static, batch), readout,
+                              np.empty((1, batch, 0), dtype=np.float32))
+            result = {name: out[0] for name, out in
+                      self._fused_outputs(plan, readout, static).items()}
+        else:
+            values = self._chunk(static, 1)
+            result = {spec.name: self._readout(values[spec.name], spec.name, 1)[0]
+                      for spec in self.program.outputs}
         self.t += 1
         return next(iter(result.values())) if len(result) == 1 else result
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from snncompiler.runtime.errors import FormatError, InputError
 from snncompiler.runtime.graph import Node, Program, TensorSpec
-from snncompiler.runtime.opset import OPS, AttrSpec, OpSchema, infer_shape
+from snncompiler.runtime.opset import NEURON_OPS, OPS, AttrSpec, OpSchema, infer_shape
 
 MAGIC = "snncompiler.snn"
 FORMAT_VERSION = 1
@@ -137,7 +137,7 @@ def validate_program(program: Program) -> None:
 
     Checks types and ranges of every field, every node against its op schema
     (:data:`~snncompiler.runtime.opset.OPS`: attributes, arrays, ranks, dtypes), array
-    values (finite; ``snm`` thresholds positive, one row per timestep), the wiring (each
+    values (finite; neuron thresholds positive, one row per timestep), the wiring (each
     node reads graph inputs or earlier outputs, names and tensors unique, outputs produced)
     and every node's shape against :func:`~snncompiler.runtime.opset.infer_shape`.
 
@@ -228,9 +228,12 @@ def _validate_node(node: Node, where: str, shapes: dict, names: set, n_timesteps
     schema = OPS[node.op]
     try:
         inputs = node.inputs
-        if not isinstance(inputs, (list, tuple)) or len(inputs) != schema.n_inputs:
-            raise FormatError(f"{where}.inputs: expected {schema.n_inputs} tensor name(s), "
-                              f"got {_show(inputs)}")
+        count_fits = isinstance(inputs, (list, tuple)) and (
+            len(inputs) >= schema.n_inputs if schema.variadic else len(inputs) == schema.n_inputs)
+        if not count_fits:
+            least = "at least " if schema.variadic else ""
+            raise FormatError(f"{where}.inputs: expected {least}{schema.n_inputs} tensor "
+                              f"name(s), got {_show(inputs)}")
         for j, name in enumerate(inputs):
             if not isinstance(name, str) or name not in shapes:
                 raise FormatError(f"{where}.inputs[{j}]: {_show(name)} is neither a graph "
@@ -241,7 +244,7 @@ def _validate_node(node: Node, where: str, shapes: dict, names: set, n_timesteps
                               "(duplicate output tensor)")
         _check_attrs(node.attrs, schema, f"{where}.attrs")
         _check_arrays(node.arrays, schema, f"{where}.arrays")
-        if node.op == "snm":
+        if node.op in NEURON_OPS:
             _check_neuron(node.arrays, f"{where}.arrays", n_timesteps)
         shape = _check_shape(node.shape, f"{where}.shape")
         in_shapes = [shapes[name] for name in inputs]

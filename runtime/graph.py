@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from snncompiler.runtime.opset import NEURON_OPS
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -80,4 +82,5 @@ class Program:
         raise KeyError(f"no node named {name!r}; nodes include: {known}")
 
     def neuron_nodes(self) -> list[Node]:
-        return [n for n in self.nodes if n.op == "snm"]
+        """Nodes that carry calibrated neuron parameters (``snm`` and its variants)."""
+        return [n for n in self.nodes if n.op in NEURON_OPS]

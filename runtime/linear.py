@@ -91,22 +91,29 @@ def avgpool2d(x, kernel, strides, pads, count_include_pad, out_hw):
     The divisor counts the input cells of each window, plus the explicit padding when
     ``count_include_pad``; the extra cells that ``ceil_mode`` adds are never counted.
     """
-    ones = (1, 1)
     total = None
-    for view in _pool_windows(x, kernel, strides, pads, ones, out_hw, 0.0):
+    for view in _pool_windows(x, kernel, strides, pads, (1, 1), out_hw, 0.0):
         total = view.astype(np.float32) if total is None else total + view
-    # The divisor is the same pooling applied to a mask of ones: with count_include_pad the
-    # mask covers the explicit padding too, and only the ceil-mode extra is zero.
-    mask = np.ones((1, 1, *x.shape[2:]), dtype=np.float32)
+    divisor = avgpool_divisor(x.shape[2:], kernel, strides, pads, count_include_pad, out_hw)
+    return (total / divisor).astype(np.float32, copy=False)
+
+
+def avgpool_divisor(in_hw, kernel, strides, pads, count_include_pad, out_hw) -> np.ndarray:
+    """(Ho, Wo) float32: the cells each average-pool window divides by.
+
+    The divisor is the same pooling applied to a mask of ones: with count_include_pad the
+    mask covers the explicit padding too, and only the ceil-mode extra is zero.
+    """
+    ones = (1, 1)
+    mask = np.ones((1, 1, *in_hw), dtype=np.float32)
     mask_pads = pads
     if count_include_pad:
         mask = _pad(mask, pads, 1.0)
         mask_pads = (0, 0, 0, 0)
-    windows = _pool_windows(mask, kernel, strides, mask_pads, ones, out_hw, 0.0)
     count = None
-    for view in windows:
+    for view in _pool_windows(mask, kernel, strides, mask_pads, ones, out_hw, 0.0):
         count = view.copy() if count is None else count + view
-    return (total / count).astype(np.float32, copy=False)
+    return count[0, 0]
 
 
 def global_avgpool(x):

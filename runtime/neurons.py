@@ -73,19 +73,21 @@ def snm_scan(current, static_input, theta, theta_neg_code, max_spikes, membrane,
     steps = out.shape[0]
     batch, channels, size = membrane.shape
     # Batch items are independent, so each thread owns whole rows of the state: the result
-    # does not depend on the number of threads.
+    # does not depend on the number of threads. Time is the outer loop of a sample and the
+    # neurons the inner one, so that the reads and writes of a step are contiguous while the
+    # sample's state stays in the cache.
     for n in prange(batch):
-        for c in range(channels):
-            th = theta[c]
-            if theta_neg_code == 0:
-                neg = np.float32(0.0)
-            else:
-                neg = -th
-            for s in range(size):
-                v = membrane[n, c, s]
-                m = memory[n, c, s]
-                for t in range(steps):
-                    v += current[0 if static_input else t, n, c, s]
+        for t in range(steps):
+            step = 0 if static_input else t
+            for c in range(channels):
+                th = theta[c]
+                if theta_neg_code == 0:
+                    neg = np.float32(0.0)
+                else:
+                    neg = -th
+                for s in range(size):
+                    v = membrane[n, c, s] + current[step, n, c, s]
+                    m = memory[n, c, s]
                     sent = 0
                     while sent < max_spikes and v >= th:
                         v -= th
@@ -94,7 +96,6 @@ def snm_scan(current, static_input, theta, theta_neg_code, max_spikes, membrane,
                         while sent > -max_spikes and v < neg and m + sent > 0:
                             v += th
                             sent -= 1
-                    m += sent
+                    membrane[n, c, s] = v
+                    memory[n, c, s] = m + sent
                     out[t, n, c, s] = sent * th
-                membrane[n, c, s] = v
-                memory[n, c, s] = m

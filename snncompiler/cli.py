@@ -5,35 +5,83 @@
     snnc inspect FILE
     snnc demo
 
-Every error the user can cause ends in a one-line message on stderr and exit code 1.
+Every error the user can cause, usage errors included, ends in one line on stderr
+(``error: ...``) and exit code 1; an interruption in ``error: interrupted`` and exit code 130.
+Anything else is a bug: ``internal error: <type>: <message>`` and exit code 2, with the
+traceback under ``snnc --debug`` or ``SNNC_DEBUG=1``.
+
+No lost work: every check that can fail runs before the work does (arguments, data, output
+paths, the memory a run needs); outputs are written to a temporary file and renamed into
+place; an existing output is replaced only with ``--force``, and an input never.
 """
 
 from __future__ import annotations
 
-import json
+import math
+import os
+import re
+import secrets
+import shutil
 import sys
+import tempfile
+import traceback
 from functools import wraps
 from pathlib import Path
 
 import click
 
 from snncompiler import __version__
-from snncompiler.errors import SnnError
+from snncompiler.errors import InputError, SnnError
 
 EXIT_ERROR = 1
+EXIT_INTERNAL = 2
+EXIT_INTERRUPTED = 130
+
+MAX_TIMESTEPS = 2**31 - 1
+"""Largest T: the ``.snn`` format stores every integer in this range."""
+
+DEFAULT_MAX_MEMORY = 2 * 2**30
+"""Bytes ``snnc eval`` plans a run within (``--max-memory``), before allocating anything."""
+
+_CHUNK_BUDGET = 256 * 2**20  # the engine's default time-chunk budget (engine.py)
+_DEMO_BATCH = 128  # the batch size run_demo evaluates with (evaluate's default)
+_MAX_LINE = 1000  # characters of an error line, whatever a hostile file put in it
 
 
-class _DefaultToCompile(click.Group):
-    """A group whose first argument, when it is not a command, is a model to compile."""
+# --------------------------------------------------------------------------- errors
+
+
+class _Cli(click.Group):
+    """The snnc group: a first argument that is not a command is a model to compile, and
+    click's own usage errors are reported like ours (one line, exit code 1)."""
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["compile", *args]
+        skip = 0
+        while skip < len(args) and args[skip] == "--debug":
+            skip += 1
+        rest = args[skip:]
+        if rest and rest[0] not in self.commands and not rest[0].startswith("-"):
+            args = [*args[:skip], "compile", *rest]
         return super().parse_args(ctx, args)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False,
+                                **extra)
+        except click.exceptions.Abort:
+            _fail("interrupted", EXIT_INTERRUPTED)
+        except click.ClickException as error:
+            context = getattr(error, "ctx", None)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            _fail(error.format_message() + hint)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _friendly_errors(command):
-    """Turns expected failures into one line on stderr and a non-zero exit."""
+    """Turns expected failures into one line and a non-zero exit, and bugs into exit 2."""
 
     @wraps(command)
     def wrapper(*args, **kwargs):
@@ -41,17 +89,183 @@ def _friendly_errors(command):
             return command(*args, **kwargs)
         except SnnError as error:
             _fail(str(error))
+        except MemoryError:
+            _fail("out of memory: try a smaller --batch-size, fewer timesteps or --limit")
         except OSError as error:
-            _fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
+            where = os.fsdecode(error.filename) if error.filename is not None else ""
+            what = error.strerror or str(error)
+            _fail(f"{where}: {what}" if where else what)
         except KeyboardInterrupt:
-            _fail("interrupted", code=130)
+            _fail("interrupted", EXIT_INTERRUPTED)
+        except Exception as error:
+            _fail(f"{type(error).__name__}: {error} (this is a bug in snncompiler {__version__}:"
+                  " please report it with the command that caused it; --debug shows the "
+                  "traceback)", EXIT_INTERNAL, prefix="internal error: ")
 
     return wrapper
 
 
-def _fail(message: str, code: int = EXIT_ERROR):
-    click.echo(f"error: {message}", err=True)
+def _debugging() -> bool:
+    context = click.get_current_context(silent=True)
+    if context is not None and context.find_root().params.get("debug"):
+        return True
+    return os.environ.get("SNNC_DEBUG", "") not in ("", "0")
+
+
+def _fail(message: str, code: int = EXIT_ERROR, prefix: str = "error: "):
+    if _debugging() and sys.exc_info()[0] is not None:
+        traceback.print_exc(file=sys.stderr)
+    click.echo(prefix + printable(message), err=True)
     sys.exit(code)
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` safe for a terminal: control characters escaped (``\\x1b``), one line of
+    bounded length unless ``lines``. Names in models and data files come from anyone."""
+    if lines:
+        return "\n".join(printable(line) for line in str(text).split("\n"))
+    text = " ".join(str(text).split())
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= _MAX_LINE else text[: _MAX_LINE - 3] + "..."
+
+
+def _echo(text: str) -> None:
+    click.echo(printable(text, lines=True))
+
+
+def _quiet_libraries() -> None:
+    """Silences what the ONNX libraries print on their own: onnx-graphsurgeon's warnings (a
+    subgraph it could not fold) on stdout, onnxruntime's C++ log (the same failure, again)
+    on stderr. Their failures reach the user as our one-line error; --debug keeps them."""
+    if not _debugging():
+        import onnxruntime
+        from onnx_graphsurgeon.logger import G_LOGGER
+
+        G_LOGGER.severity = G_LOGGER.ERROR
+        onnxruntime.set_default_logger_severity(4)  # fatal only
+
+
+# --------------------------------------------------------------------------- arguments
+
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: int() would also take "٣", "1_000" and "+5"
+
+
+def parse_timesteps(text: str) -> list[int]:
+    """``-T`` values in the user's order, repeats dropped: ``"8,4,8"`` -> [8, 4].
+
+    Raises:
+        InputError: Anything but comma-separated decimal integers in 1..MAX_TIMESTEPS.
+    """
+    items = [item.strip() for item in str(text).split(",")]
+    for item in items:
+        if not _DIGITS.fullmatch(item):
+            shown = f"{item!r} is not" if item else "an empty item is not"
+            raise InputError(f"-T {text!r}: {shown} a positive integer; give T as a comma "
+                             "list such as -T 1,2,4,8")
+        value = int(item)
+        if not 1 <= value <= MAX_TIMESTEPS:
+            raise InputError(f"-T {text!r}: {value} is out of range; T goes from 1 to "
+                             f"{MAX_TIMESTEPS}")
+    return list(dict.fromkeys(int(item) for item in items))
+
+
+def _check_output(path, force: bool, **inputs) -> None:
+    """Refuses, before any work, an output that cannot be written or would destroy a file.
+
+    ``inputs`` (by what they are, e.g. ``model=...``) are never overwritten, even with
+    ``force``; another existing file only with ``force``.
+    """
+    target = Path(path)
+    folder = target.resolve().parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write into {folder} (permission denied)")
+    for what, source in inputs.items():
+        if source is not None and _same_file(target, Path(source)):
+            raise InputError(f"{path} is also the {what.replace('_', ' ')} (an input); "
+                             "refusing to overwrite it: choose another output name")
+    if os.path.lexists(target) and not force:
+        raise InputError(f"{path} exists; pass --force to overwrite it")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def _write_text_atomically(path, text: str) -> None:
+    """Writes to a temporary file next to ``path``, then renames it into place."""
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+    # O_EXCL: never follow a planted link; 0o666 lets the umask decide, as open() would.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _sizes(program) -> dict[str, int]:
+    """Per-sample element counts the memory estimate needs."""
+    shapes = [tuple(s.shape) for s in program.inputs] + [tuple(n.shape) for n in program.nodes]
+    return {"inputs": sum(math.prod(s.shape) for s in program.inputs),
+            "outputs": sum(math.prod(s.shape) for s in program.outputs),
+            "largest": max(math.prod(shape) for shape in shapes)}
+
+
+def chunk_budget(max_memory: int) -> int:
+    """Bytes of activations per time chunk: the engine's default, or less under a low limit
+    (a smaller budget means shorter time chunks, not different results)."""
+    return max(1, min(_CHUNK_BUDGET, max_memory // 4))
+
+
+def eval_memory(sizes: dict[str, int], steps: int, batch: int, budget: int) -> int:
+    """Bytes a run of ``steps`` steps on ``batch`` samples needs at its peak, estimated.
+
+    The readout (``steps x batch x outputs`` float32) exists twice at the end of a run (the
+    chunks' parts and their concatenation); one time chunk of activations takes about
+    ``budget`` (the engine sizes chunks to it), and at least one step: four live float32
+    tensors of the largest activation, as the engine itself reckons.
+    """
+    readout = 2 * 4 * steps * batch * sizes["outputs"]
+    one_step = 4 * 4 * batch * sizes["largest"]
+    return readout + max(budget, one_step) + 4 * batch * sizes["inputs"]
+
+
+def plan_batch(sizes: dict[str, int], steps: int, batch: int, max_memory: int) -> int:
+    """The largest batch up to ``batch`` whose run fits ``max_memory``.
+
+    Raises:
+        InputError: Not even one sample at a time fits.
+    """
+    budget = chunk_budget(max_memory)
+    if eval_memory(sizes, steps, 1, budget) > max_memory:
+        need = eval_memory(sizes, steps, 1, budget)
+        raise InputError(f"T={steps} needs {need / 2**30:.1f} GiB even one sample at a time "
+                         f"(a readout of {steps} steps x {sizes['outputs']} outputs), more "
+                         f"than --max-memory {max_memory / 2**30:g} GiB; use fewer timesteps")
+    low, high = 1, batch  # eval_memory grows with the batch: bisect for the largest fit
+    while low < high:
+        middle = (low + high + 1) // 2
+        if eval_memory(sizes, steps, middle, budget) <= max_memory:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+# --------------------------------------------------------------------------- options
 
 
 def _preprocessing_options(command):
@@ -78,14 +292,31 @@ def _config_options(command):
                      default="channel", show_default=True, help="Thresholds per channel or layer."),
         click.option("--max-spikes", type=click.IntRange(1, 64), default=1, show_default=True,
                      help="Most spikes per neuron and step (1 = the paper's neuron)."),
+        click.option("--second-stage/--no-second-stage", default=None,
+                     help="DNI's second stage: simulate on calibration data and shift initial "
+                          "potentials so mean outputs match the ANN (default: the compiler's, "
+                          "see docs/results/fidelity.md)."),
     ]):
         command = option(command)
     return command
 
 
-@click.group(cls=_DefaultToCompile, context_settings={"help_option_names": ["-h", "--help"]})
+def _analog_ops(ctx, param, text):
+    return tuple(op.strip() for op in (text or "").split(",") if op.strip())
+
+
+def _allow_analog_option(command):
+    return click.option(
+        "--allow-analog", metavar="OP[,OP]", callback=_analog_ops, default="",
+        help="Run these non-spiking ONNX ops (e.g. Sigmoid,Mul) on the time-averaged signal "
+             "instead of refusing the model. Off by default; reported as a warning.")(command)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="snnc")
-def main():
+@click.option("--debug", is_flag=True, envvar="SNNC_DEBUG",
+              help="Show the traceback of errors (also SNNC_DEBUG=1).")
+def main(debug):
     """Convert ONNX ANNs to spiking networks (DNISNM) and run them.
 
     \b
@@ -94,6 +325,9 @@ def main():
     snnc inspect FILE
     snnc demo
     """
+
+
+# --------------------------------------------------------------------------- compile
 
 
 @main.command("compile")
@@ -106,49 +340,55 @@ def main():
               help="Use only the first N calibration samples.")
 @_config_options
 @_preprocessing_options
+@_allow_analog_option
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
 def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
-                    initial_potential, granularity, max_spikes, scale, mean, std, force, quiet):
+                    initial_potential, granularity, max_spikes, second_stage, scale, mean, std,
+                    allow_analog, force, quiet):
     """Compile MODEL (ONNX) to a .snn spiking network."""
+    from snncompiler import pipeline
     from snncompiler.context import CompileConfig
-    from snncompiler.evaluate import parse_timesteps
     from snncompiler.npz import Preprocessing, load_npz
-    from snncompiler.pipeline import compile_model
     from snncompiler.runtime.format import save_program
 
-    if Path(output).exists() and not force:
-        _fail(f"{output} exists; pass --force to overwrite it")
+    _quiet_libraries()
+    steps = parse_timesteps(timesteps)
+    for path, what in ((model, "model"), (calib, "calibration data")):
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such {what} file")
+    _check_output(output, force, model=model, calibration_data=calib)
     config = CompileConfig(
-        timesteps=tuple(_ordered_timesteps(timesteps, parse_timesteps)),
-        theta_neg=theta_neg, initial_potential=initial_potential, granularity=granularity,
-        max_spikes_per_step=max_spikes, progress=not quiet)
+        timesteps=tuple(steps), theta_neg=theta_neg, initial_potential=initial_potential,
+        granularity=granularity, max_spikes_per_step=max_spikes, progress=not quiet,
+        allow_analog=allow_analog,
+        **({} if second_stage is None else {"second_stage": second_stage}))
     calibration = load_npz(calib, Preprocessing(scale, mean, std), limit=calib_samples)
-    result = compile_model(model, calibration, config)
+    result = pipeline.compile_model(model, calibration, config)
     save_program(result.program, output, overwrite=force)
     _print_compile_summary(result, output, quiet)
-
-
-def _ordered_timesteps(text, parse):
-    # The first T given is the program's default; keep the user's order, drop repeats.
-    values = parse(text)
-    first = [int(p) for p in str(text).split(",") if p.strip()][0]
-    return [first] + [t for t in values if t != first]
 
 
 def _print_compile_summary(result, output, quiet):
     program = result.program
     neurons = program.neuron_nodes()
     channels = sum(n.arrays["theta"].shape[1] for n in neurons)
-    click.echo(f"wrote {output}: {len(program.nodes)} nodes, {len(neurons)} neuron layers "
-               f"({channels} channels), calibrated for T={program.timesteps} on "
-               f"{program.calibration.get('samples')} samples in {result.seconds:.1f} s")
+    _echo(f"wrote {output}: {len(program.nodes)} nodes, {len(neurons)} neuron layers "
+          f"({channels} channels), calibrated for T={program.timesteps} on "
+          f"{program.calibration.get('samples')} samples in {result.seconds:.1f} s")
+    for line in result.report:
+        if line.startswith("WARNING"):  # shown even with --quiet
+            click.echo(printable(line), err=True)
     if not quiet:
         passes = ", ".join(f"{name} {count}" for name, count in result.pass_counts.items())
-        click.echo(f"passes: {passes}")
+        _echo(f"passes: {passes}")
         for line in result.report:
-            click.echo(f"  {line}")
+            if not line.startswith("WARNING"):
+                _echo(f"  {line}")
+
+
+# --------------------------------------------------------------------------- eval
 
 
 @main.command("eval")
@@ -161,63 +401,107 @@ def _print_compile_summary(result, output, quiet):
               help="The source ANN: adds its accuracy and the SNN/ANN agreement.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Also write the results as JSON.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True,
+              help="Samples simulated at once (lowered if a run would not fit --max-memory).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use the first N samples.")
+@click.option("--max-memory", type=click.FloatRange(0.01, 1e6), default=DEFAULT_MAX_MEMORY / 2**30,
+              show_default=True, help="GiB a run may use; planned before anything is allocated.")
+@click.option("--layers", is_flag=True,
+              help="Also report each neuron layer's firing rate and, with --onnx, the error "
+                   "of its rate against the ANN's activation at every T (extra runs).")
 @_preprocessing_options
 @click.option("--force", is_flag=True, help="Overwrite the --json file if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def eval_command(snn, data, timesteps, onnx_path, json_path, batch_size, limit, scale, mean,
-                 std, force, quiet):
+def eval_command(snn, data, timesteps, onnx_path, json_path, batch_size, limit, max_memory,
+                 layers, scale, mean, std, force, quiet):
     """Accuracy of SNN (a .snn file) for every T, next to the ANN's."""
-    from snncompiler import runtime
-    from snncompiler.evaluate import evaluate, format_table, parse_timesteps
-    from snncompiler.npz import Preprocessing, load_npz
+    import json
 
-    steps = parse_timesteps(timesteps)
-    if json_path and Path(json_path).exists() and not force:
-        _fail(f"{json_path} exists; pass --force to overwrite it")
-    net = runtime.load(snn)
-    dataset = load_npz(data, Preprocessing(scale, mean, std), limit=limit)
-    ann = _ann_function(onnx_path) if onnx_path else None
-    result = evaluate(net, dataset, steps, ann=ann, batch_size=batch_size, progress=not quiet)
-    click.echo(format_table(result))
+    from snncompiler import evaluate, runtime
+    from snncompiler.npz import Preprocessing, check_input_shape, check_labels, load_npz
+
+    steps = sorted(parse_timesteps(timesteps))
     if json_path:
-        _write_text_atomically(json_path, json.dumps(result.to_json(), indent=2) + "\n")
+        _check_output(json_path, force, snn_file=snn, data_file=data, onnx_model=onnx_path)
+    limit_bytes = int(max_memory * 2**30)
+    net = runtime.load(snn, memory_budget=chunk_budget(limit_bytes))
+    program = net.program
+    if len(program.inputs) != 1 or len(program.outputs) != 1:
+        raise InputError(f"{snn}: evaluation supports networks with one input and one output")
+    sizes = _sizes(program)
+    batch = plan_batch(sizes, max(steps), batch_size, limit_bytes)
+    dataset = load_npz(data, Preprocessing(scale, mean, std), limit=limit)
+    check_input_shape(dataset, program.inputs[0].name, tuple(program.inputs[0].shape))
+    check_labels(dataset, sizes["outputs"])
+    ann = _ann_function(onnx_path, program) if onnx_path else None
+    if batch < batch_size and batch < len(dataset):
+        click.echo(f"note: batch size lowered from {batch_size} to {batch} so that T={max(steps)}"
+                   f" fits --max-memory {max_memory:g} GiB", err=True)
+    result = evaluate.evaluate(net, dataset, steps, ann=ann, batch_size=batch,
+                               progress=not quiet)
+    click.echo(evaluate.format_table(result))
+    report = result.to_json()
+    if layers:
+        report["layers"] = _layer_report(net, dataset.x, steps, onnx_path, batch)
+    if json_path:
+        _write_text_atomically(json_path, json.dumps(report, indent=2) + "\n")
 
 
-def _ann_function(onnx_path):
+def _layer_report(net, x, steps, onnx_path, batch):
+    """``eval --layers``: prints the per-layer table, returns it as JSON-able dicts."""
+    from snncompiler import diagnostics, frontend
+
+    ann = None
+    if onnx_path:
+        names = [node.output for node in net.program.neuron_nodes()]
+        ann = diagnostics.ann_activations(frontend.load_model(onnx_path), names)
+    found = diagnostics.layer_diagnostics(net, x, steps, ann=ann, batch_size=batch)
+    click.echo(diagnostics.format_layers(found))
+    if not onnx_path:
+        click.echo("note: pass --onnx to compare each layer with the ANN", err=True)
+    return [layer.to_json() for layer in found]
+
+
+def _ann_function(onnx_path, program):
+    """onnxruntime on the source ANN, once its input and output fit the SNN's."""
     from snncompiler import frontend
 
+    _quiet_libraries()
     session = frontend.ort_session(frontend.load_model(onnx_path))
-    name = session.get_inputs()[0].name
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    want_in = list(program.inputs[0].shape)
+    want_out = math.prod(program.outputs[0].shape)
+    got_in = list(inputs[0].shape[1:]) if len(inputs) == 1 else None
+    out_dims = outputs[0].shape[1:] if len(outputs) >= 1 else None
+    got_out = (math.prod(out_dims) if out_dims is not None
+               and all(isinstance(d, int) for d in out_dims) else None)
+    if got_in != want_in or got_out not in (None, want_out):
+        spell = "?" if got_in is None else ", ".join(map(str, got_in))
+        raise InputError(f"--onnx {onnx_path}: takes [N, {spell}] -> {got_out} outputs, but the "
+                         f"SNN takes [N, {', '.join(map(str, want_in))}] -> {want_out} outputs; "
+                         "is it the model the .snn file was compiled from?")
+    name = inputs[0].name
     return lambda x: session.run(None, {name: x})[0]
 
 
-def _write_text_atomically(path, text):
-    import os
-    import tempfile
-
-    folder = Path(path).resolve().parent
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".snnc-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+# --------------------------------------------------------------------------- inspect
 
 
 @main.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False))
+@_allow_analog_option
 @_friendly_errors
-def inspect_command(file):
+def inspect_command(file, allow_analog):
     """Show how an ONNX model converts, or a .snn file's header."""
-    from snncompiler.inspect import inspect_onnx, inspect_snn
+    from snncompiler import inspect
 
-    text = inspect_snn(file) if _is_zip(file) else inspect_onnx(file)
-    click.echo(text)
+    if _is_zip(file):
+        text = inspect.inspect_snn(file)
+    else:
+        _quiet_libraries()
+        text = inspect.inspect_onnx(file, allow_analog)
+    _echo(text)
 
 
 def _is_zip(path) -> bool:
@@ -225,17 +509,66 @@ def _is_zip(path) -> bool:
         return stream.read(4) == b"PK\x03\x04"
 
 
+# --------------------------------------------------------------------------- demo
+
+
 @main.command("demo")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder to keep demo.snn and results.json in (default: a temporary one).")
 @click.option("-T", "--timesteps", default="1,2,4,8,16,32", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite demo.snn and results.json in --out.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
-def demo_command(out, timesteps, quiet):
+def demo_command(out, timesteps, force, quiet):
     """Convert and evaluate the shipped Fashion-MNIST CNN, offline."""
-    from snncompiler.demo import run_demo
+    from snncompiler import demo
 
-    run_demo(out, timesteps, progress=not quiet, echo=click.echo)
+    steps = sorted(parse_timesteps(timesteps))
+    spec, _ = demo.demo_files()
+    sizes = {"inputs": 28 * 28, "outputs": len(spec["classes"]), "largest": 0}
+    need = eval_memory(sizes, max(steps), _DEMO_BATCH, _CHUNK_BUDGET)
+    if need > DEFAULT_MAX_MEMORY:
+        raise InputError(f"T={max(steps)} needs about {need / 2**30:.1f} GiB to evaluate the "
+                         f"demo (more than {DEFAULT_MAX_MEMORY / 2**30:g} GiB); use fewer "
+                         "timesteps, or snnc eval with --max-memory")
+    text = ",".join(map(str, steps))
+    if out is None:
+        demo.run_demo(None, text, progress=not quiet, echo=_echo)
+        return
+    _run_demo_into(Path(out), text, force, quiet)
+
+
+def _run_demo_into(folder: Path, timesteps: str, force: bool, quiet: bool) -> None:
+    """Runs the demo in a staging folder inside ``folder``, then moves its files in.
+
+    The existing demo.snn and results.json stay as they were until the run has succeeded,
+    and an interrupted run leaves ``folder`` as it found it.
+    """
+    from snncompiler import demo
+
+    names = ("demo.snn", "results.json")
+    for name in names:
+        if os.path.lexists(folder / name) and not force:
+            raise InputError(f"{folder / name} exists; pass --force to overwrite demo.snn and "
+                             "results.json")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".snnc-demo-", dir=folder))
+    try:
+        def echo(line):
+            _echo(str(line).replace(str(staging), str(folder)))
+
+        demo.run_demo(str(staging), timesteps, progress=not quiet, echo=echo)
+        for name in names:
+            os.replace(staging / name, folder / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,6 +32,13 @@ class CompileConfig:
         histogram_bins: Bins per channel of the calibration histograms (bounded memory).
         calib_batch_size: Images per onnxruntime call during calibration.
         progress: Show progress bars.
+        second_stage: DNI's second stage (``passes/balance_potentials.py``): simulate the
+            converted network on calibration images and shift each channel's initial
+            potential so its mean output matches the ANN's.
+        second_stage_samples: Calibration images the second stage simulates (the first N).
+        second_stage_sweeps: Simulations per calibrated T; each corrects every layer.
+        allow_analog: ONNX op types (e.g. ``("Sigmoid",)``) that may run, not spiking, on
+            the time-averaged signal; empty by default (``--allow-analog``).
     """
 
     timesteps: tuple[int, ...] = (32,)
@@ -39,11 +46,16 @@ class CompileConfig:
     max_spikes_per_step: int = 1
     granularity: str = "channel"
     initial_potential: str = "dni"
-    threshold_percentiles: tuple[float, ...] = (99.0, 99.5, 99.9, 99.95, 99.99, 100.0)
+    threshold_percentiles: tuple[float, ...] = (
+        90.0, 95.0, 97.0, 98.0, 99.0, 99.5, 99.7, 99.9, 99.95, 99.99, 100.0)
     threshold_search: bool = True
     histogram_bins: int = 2048
     calib_batch_size: int = 64
     progress: bool = True
+    second_stage: bool = True
+    second_stage_samples: int = 256
+    second_stage_sweeps: int = 2
+    allow_analog: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.timesteps or any(int(t) < 1 for t in self.timesteps):
@@ -56,6 +68,8 @@ class CompileConfig:
             raise ValueError(f"granularity must be one of {GRANULARITIES}")
         if self.max_spikes_per_step < 1:
             raise ValueError("max_spikes_per_step must be at least 1")
+        if self.second_stage_samples < 1 or self.second_stage_sweeps < 1:
+            raise ValueError("second_stage_samples and second_stage_sweeps must be at least 1")
 
 
 @dataclass
@@ -73,6 +87,8 @@ class CompileContext:
             parameters (theta and v0 of shape (len(timesteps), C)).
         report: Human-readable lines that passes want the user to see.
         readout: Filled by ``mark_readout``: graph output name -> readout kind.
+        second_stage_stats: Filled by ``record_ann_means`` (second stage only): activation
+            tensor name -> per-channel histogram on the images the second stage simulates.
         dry_run: Check and lower the graph without calibration data (placeholder neuron
             parameters), for ``snnc inspect`` and early error reporting.
     """
@@ -84,4 +100,5 @@ class CompileContext:
     neuron_params: dict = field(default_factory=dict)
     report: list[str] = field(default_factory=list)
     readout: dict = field(default_factory=dict)
+    second_stage_stats: dict = field(default_factory=dict)
     dry_run: bool = False

@@ -15,6 +15,7 @@ Any other batch-dependent constant is refused, so the folded graph runs at every
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -27,7 +28,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper, shape_inference, version_converter
 from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
-from snncompiler.errors import ModelError, UnsupportedOpError
+from snncompiler.errors import ModelError, SnnError, UnsupportedOpError
 
 TARGET_OPSET = 17
 """Opset of the default ONNX domain that every later stage assumes."""
@@ -56,6 +57,36 @@ _QUANTIZED_OPS = frozenset(
 )
 
 
+_MAX_MESSAGE = 1000  # characters of an error message, whatever a hostile file puts in it
+
+
+def _one_line_errors(function):
+    """Makes the SnnErrors ``function`` raises one printable line of bounded length.
+
+    Messages quote node names and onnx's own (multi-line) checker output, and both come
+    from the file: newlines and terminal escapes must not reach the user's terminal as is.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except SnnError as err:
+            text = _printable(str(err))
+            if text == str(err):
+                raise
+            raise type(err)(text) from err
+
+    return wrapper
+
+
+def _printable(text: str) -> str:
+    text = " ".join(text.split())
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+@_one_line_errors
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Reads, validates and normalises an ONNX model file.
 
@@ -89,6 +120,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         ) from err
     if not model.HasField("graph") or not model.graph.node:
         raise ModelError(f"{path}: the file holds no graph (empty or truncated ONNX file?)")
+    _check_text(model, path)
 
     _check_external_data(model, path)
     try:
@@ -97,7 +129,12 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"{path}: could not load external data: {err}") from err
 
     _drop_initializer_inputs(model.graph)
+    if model.ir_version < 4:
+        # IR 3 wants every initializer listed as a graph input too; with them dropped the
+        # model is a valid IR 4 model (the first IR where initializers are plain constants).
+        model.ir_version = 4
     _check_structure(model.graph)
+    _check_tensor_data(model, str(path))
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as err:
@@ -108,13 +145,33 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if opset != TARGET_OPSET:
         try:
             model = version_converter.convert_version(model, TARGET_OPSET)
-        except (version_converter.ConvertError, RuntimeError, ValueError) as err:
+        except (version_converter.ConvertError, shape_inference.InferenceError, RuntimeError,
+                ValueError) as err:  # the converter runs shape inference of its own
             raise ModelError(
                 f"{path}: could not convert opset {opset} to {TARGET_OPSET}: {err}"
             ) from err
+        _drop_stale_attributes(model.graph)
     return _infer_shapes(model, str(path))
 
 
+def _drop_stale_attributes(graph: onnx.GraphProto) -> None:
+    """Removes attributes that down-conversion left behind and the target opset lacks.
+
+    onnx's converter turns ReduceMean(x, axes) of opset 18 into ReduceMean(x, axes=...) of
+    opset 17 but keeps ``noop_with_empty_axes``, which only opset 18 defines (onnxruntime
+    then refuses the model). With the axes given, the attribute has no effect.
+    """
+    for node in graph.node:
+        if node.domain not in _DEFAULT_DOMAINS or not node.op_type.startswith("Reduce"):
+            continue
+        schema = onnx.defs.get_schema(node.op_type, TARGET_OPSET)
+        stale = [a for a in node.attribute
+                 if a.name == "noop_with_empty_axes" and a.name not in schema.attributes]
+        for attribute in stale:
+            node.attribute.remove(attribute)
+
+
+@_one_line_errors
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """Imports a model (as :func:`load_model` returns it) into onnx-graphsurgeon.
 
@@ -156,7 +213,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
         # constants (Concat(Unsqueeze(Constant 1), ...)) becomes a literal Reshape shape to
         # unbake. Shape nodes stay: folding them here would bake the batch in everywhere.
         graph = gs.import_onnx(work)
-        graph.fold_constants(fold_shapes=False, partitioning="basic").cleanup()
+        _fold_constants(graph)
         _unbake_static_batch(graph, static_batch)
         work = _infer_shapes(gs.export_onnx(graph), "after unbaking the export batch size")
 
@@ -234,6 +291,31 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
                 "must be a relative path inside that folder (no '..', no absolute path, no "
                 "symlink out of it)"
             )
+
+
+def _check_text(message, path: Path) -> None:
+    """Refuses text fields that are not UTF-8 (names, locations, ...), anywhere in the model.
+
+    ONNX is proto2, so protobuf parses such a field without complaint and hands it over as
+    bytes, which onnx-graphsurgeon cannot write back.
+    """
+    for field in message.DESCRIPTOR.fields:
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue  # bytes fields (raw tensor data) are never materialised here
+        repeated = getattr(field, "is_repeated", None)
+        if repeated is None:  # protobuf before 6.30
+            repeated = field.label == field.LABEL_REPEATED
+        if not repeated and field.type == field.TYPE_MESSAGE and not message.HasField(field.name):
+            continue
+        value = getattr(message, field.name)
+        values = value if repeated else [value]
+        if field.type == field.TYPE_STRING:
+            if any(isinstance(item, bytes) for item in values):
+                raise ModelError(f"{path}: a {message.DESCRIPTOR.name}.{field.name} is not valid "
+                                 "UTF-8 text (corrupt or hostile file?)")
+        elif field.type == field.TYPE_MESSAGE:
+            for item in values:
+                _check_text(item, path)
 
 
 def _is_inside(folder: str, location: str) -> bool:
@@ -347,6 +429,46 @@ def _check_structure(graph: onnx.GraphProto) -> None:
         raise ModelError(f"the graph has a cycle through {listed}")
 
 
+_PACKED_4BIT = ("INT4", "UINT4", "FLOAT4E2M1")  # two values per byte (or per int32_data)
+
+
+def _check_tensor_data(model: onnx.ModelProto, where: str) -> None:
+    """Refuses tensors whose stored data does not fill their shape exactly.
+
+    onnx's checker refuses too little raw data but not too much, nor segmented tensors or
+    typed data of the wrong length; onnx-graphsurgeon would then fail (or misread) when a
+    pass first touches the values. Only sizes are compared: nothing is converted here.
+    """
+    for tensor in _all_tensors(model):
+        what = f"{where}: weight '{tensor.name}'"
+        if tensor.HasField("segment"):
+            raise ModelError(f"{what} is stored in segments, which snncompiler does not read")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # only tensors that load_external_data did not visit; the checker says
+        try:
+            type_name = onnx.TensorProto.DataType.Name(tensor.data_type)
+            field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, ValueError):
+            raise ModelError(f"{what} has data type {tensor.data_type}, which is not an ONNX "
+                             "tensor type") from None
+        if type_name in ("STRING", "UNDEFINED") or any(d < 0 for d in tensor.dims):
+            continue  # left to the checker (strings are never weights we read)
+        count = int(np.prod(tensor.dims, dtype=object))
+        shape = list(tensor.dims)
+        if tensor.raw_data:
+            need = (count + 1) // 2 if type_name in _PACKED_4BIT else count * itemsize
+            if len(tensor.raw_data) != need:
+                raise ModelError(f"{what} holds {len(tensor.raw_data)} bytes of data; its "
+                                 f"shape {shape} of {type_name.lower()} needs {need}")
+            continue
+        stored = len(getattr(tensor, field))
+        need = (count + 1) // 2 if type_name in _PACKED_4BIT else count
+        need *= 2 if type_name.startswith("COMPLEX") else 1
+        if stored != need and (stored or count):
+            raise ModelError(f"{what} holds {stored} values; its shape {shape} needs {need}")
+
+
 def _float_name(data_type: int) -> str | None:
     """The type's name when it is a floating type other than float32, else None."""
     name = onnx.TensorProto.DataType.Name(data_type)
@@ -361,7 +483,9 @@ def _check_dtypes(model: onnx.ModelProto, where: str) -> None:
     for value in graph.input:
         elem_type = value.type.tensor_type.elem_type
         if not value.type.HasField("tensor_type") or elem_type != onnx.TensorProto.FLOAT:
-            found = onnx.TensorProto.DataType.Name(elem_type).lower()
+            known = elem_type in onnx.TensorProto.DataType.values()
+            found = (onnx.TensorProto.DataType.Name(elem_type).lower() if known
+                     else f"of unknown type {elem_type}")
             raise ModelError(
                 f"{where}: graph input '{value.name}' is {found}; snncompiler computes in "
                 "float32: export the model with float32 inputs"
@@ -515,7 +639,7 @@ def _fold_at_batch(model: onnx.ModelProto, batch: int) -> gs.Graph:
         count = len(graph.nodes)
         _fold_shape_nodes(graph)
         # gs's own shape folding ignores Shape's start/end (opset 15), so it stays off.
-        graph.fold_constants(fold_shapes=False, partitioning="basic").cleanup()
+        _fold_constants(graph)
         if len(graph.nodes) == count:
             break
         # New constants make more shapes static, which may let more Shape nodes fold.
@@ -523,6 +647,22 @@ def _fold_at_batch(model: onnx.ModelProto, batch: int) -> gs.Graph:
         del exported.graph.value_info[:]
         graph = gs.import_onnx(_infer_shapes(exported, where))
     return graph
+
+
+def _fold_constants(graph: gs.Graph) -> None:
+    """gs's constant folding, with a subgraph onnxruntime cannot evaluate made a ModelError.
+
+    With ``error_ok`` (gs's default) "basic" partitioning retries a failing subgraph
+    unchanged until Python's recursion limit; without it, the failure surfaces at once.
+    Without partitioning, one onnxruntime session folds everything: "basic" partitioning
+    copies the graph, weights included, once per partition, which took minutes on
+    DenseNet-121 for no gain once failures raise anyway.
+    """
+    try:
+        graph.fold_constants(fold_shapes=False, partitioning=None, error_ok=False).cleanup()
+    except Exception as err:  # onnxruntime's errors have no common base to name
+        raise ModelError(f"onnxruntime cannot evaluate the constant subgraph {graph.name!r} "
+                         f"while folding it: {err}") from err
 
 
 def _fold_shape_nodes(graph: gs.Graph) -> None:
@@ -577,6 +717,10 @@ def _generalise_batch(graph: gs.Graph, other: gs.Graph, originals: set[str]) -> 
                 f"{batch_b}); only Reshape shapes can be made batch-independent"
             )
 
+    for value in graph.outputs:
+        if isinstance(value, gs.Constant):
+            raise ModelError(f"graph output '{value.name}' does not depend on the graph inputs "
+                             "(it folds to a constant): there is nothing to convert")
     for value in graph.inputs:
         value.shape = [BATCH_DIM, *value.shape[1:]]
     outputs = {id(t) for t in graph.outputs}

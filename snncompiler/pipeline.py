@@ -12,12 +12,25 @@ import onnx_graphsurgeon as gs
 from snncompiler import frontend
 from snncompiler.context import CompileConfig, CompileContext
 from snncompiler.errors import CalibrationError, InputError
-from snncompiler.lowering import LOWERINGS, lower_graph, problems_error, unsupported_error
+from snncompiler.lowering import (
+    INTERNAL_OPS,
+    LOWERINGS,
+    check_allow_analog,
+    lower_graph,
+    problems_error,
+    unsupported_error,
+)
 from snncompiler.npz import Dataset, check_input_shape, feeds
+from snncompiler.passes.balance_potentials import balance_potentials, record_second_stage_stats
 from snncompiler.passes.calibrate_neurons import calibrate_neurons
 from snncompiler.passes.drop_identity import drop_identity
 from snncompiler.passes.fold_batchnorm import fold_batchnorm
+from snncompiler.passes.fold_batchnorm_forward import fold_batchnorm_forward
+from snncompiler.passes.fold_pad import fold_pad
 from snncompiler.passes.mark_readout import mark_readout
+from snncompiler.passes.normalize_clip import normalize_clip
+from snncompiler.passes.normalize_pool_pads import normalize_pool_pads
+from snncompiler.passes.replace_activations import replace_activations
 from snncompiler.passes.replace_relu import replace_relu
 from snncompiler.runtime.graph import Program
 
@@ -27,12 +40,18 @@ Pass = Callable[[gs.Graph, CompileContext], int]
 # exact ANN rewrites and before Relu becomes SNM (which onnxruntime cannot run).
 PIPELINE: tuple[Pass, ...] = (
     drop_identity,
+    normalize_pool_pads,
     fold_batchnorm,
+    fold_pad,
+    fold_batchnorm_forward,
+    normalize_clip,
     calibrate_neurons,
+    record_second_stage_stats,
     replace_relu,
+    replace_activations,
     mark_readout,
 )
-NEEDS_DATA = {calibrate_neurons}
+NEEDS_DATA = {calibrate_neurons, record_second_stage_stats}
 
 
 @dataclass
@@ -62,7 +81,7 @@ def check_convertible(graph: gs.Graph, config: CompileConfig) -> Program:
         UnsupportedOpError: listing every node that cannot be converted.
     """
     unknown = {n.name: str(unsupported_error(n)) for n in graph.nodes
-               if n.op not in LOWERINGS or n.op == "SNM"}
+               if n.op not in LOWERINGS or n.op in INTERNAL_OPS}
     if unknown:
         raise problems_error(unknown)
     ctx = CompileContext(config, dry_run=True)
@@ -85,6 +104,7 @@ def compile_model(model_path: str | Path, calibration: Dataset | None,
     """
     start = time.perf_counter()
     config = config or CompileConfig()
+    check_allow_analog(config.allow_analog)
     model = frontend.load_model(model_path)
     graph = frontend.import_graph(model)
     check_convertible(graph, config)
@@ -102,6 +122,9 @@ def compile_model(model_path: str | Path, calibration: Dataset | None,
     )
     counts = run_passes(graph, ctx)
     program = lower_graph(graph, ctx, source=Path(model_path).name)
+    if config.second_stage:
+        # After lowering: the second stage simulates the program it corrects.
+        counts["balance_potentials"] = balance_potentials(program, ctx)
     program.calibration = calibration_summary(ctx, calibration)
     return CompileResult(program, counts, ctx.report, time.perf_counter() - start)
 
@@ -127,5 +150,8 @@ def calibration_summary(ctx: CompileContext, calibration: Dataset) -> dict:
         "initial_potential": config.initial_potential,
         "threshold_percentiles": list(config.threshold_percentiles),
         "threshold_search": config.threshold_search,
+        "second_stage": ({"samples": config.second_stage_samples,
+                          "sweeps": config.second_stage_sweeps}
+                         if config.second_stage else None),
         "layers": layers,
     }

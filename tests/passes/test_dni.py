@@ -9,6 +9,7 @@ from hypothesis.extra import numpy as hnp
 from snncompiler.errors import CalibrationError
 from snncompiler.passes.calibration_stats import ChannelHistogram
 from snncompiler.passes.dni import (
+    DEFAULT_PERCENTILES,
     NeuronParams,
     choose_neuron_parameters,
     dni_objective,
@@ -250,7 +251,7 @@ def test_bucketed_search_matches_brute_force(steps, k):
     hist.update(random_activations(steps))
     grid = 8
     params = choose_neuron_parameters(hist, (steps,), max_spikes_per_step=k, v0_grid=grid)
-    candidates = threshold_candidates(hist, (99.0, 99.5, 99.9, 99.95, 99.99, 100.0))
+    candidates = threshold_candidates(hist, DEFAULT_PERCENTILES)
     brute = np.stack(
         [
             dni_objective(hist, theta, theta * g / grid, steps, k)

@@ -76,6 +76,23 @@ def every_op_program() -> Program:
         Node("skip", "add", ("a", "g"), "r", {}, {}, (4, 2, 2)),
         Node("flat", "reshape", ("r",), "f", {"shape": [16]}, {}, (16,)),
         Node("fc", "gemm", ("f",), "y", {}, {"weight": values(16, 3), "bias": values(3)}, (3,)),
+        # Ops of issue 4, after the nine above so that their indices stay.
+        Node("clip", "snm_clip", ("b",), "sc",
+             {"theta_neg": "zero", "max_spikes_per_step": 1, "upper": 1.0},
+             {"theta": theta, "v0": theta / 2}, (4, 6, 6)),
+        Node("leaky", "snm_leaky", ("b",), "sl", {"theta_neg": "zero", "max_spikes_per_step": 1},
+             {"theta": theta, "v0": theta / 2, "slope": values(4)}, (4, 6, 6)),
+        Node("cat", "concat", ("sc", "sl"), "cc", {"axis": 0}, {}, (8, 6, 6)),
+        Node("tr", "transpose", ("cc",), "tt", {"perm": [1, 2, 0]}, {}, (6, 6, 8)),
+        Node("pd", "pad", ("tt",), "pp", {"pads": [1, 0, 0, 0, -1, 0], "mode": "constant",
+                                         "value": 0.5}, {}, (7, 5, 8)),
+        Node("rs", "resize", ("s",), "rz", {},
+             {"rows": np.repeat(np.eye(6, dtype=np.float32), 2, axis=0),
+              "cols": np.full((3, 6), 1 / 6, np.float32)}, (4, 12, 3)),
+        Node("rd", "reduce", ("rz",), "rr", {"mode": "mean", "axes": [1, 2], "keepdims": 0}, {},
+             (4,)),
+        Node("an", "analog", ("rr",), "aa", {"function": "softmax", "axis": 0, "alpha": 0.0,
+                                             "beta": 0.0, "bias": 0.0, "size": 1}, {}, (4,)),
     ]
     return Program([TensorSpec("x", (2, 6, 6))], [TensorSpec("y", (3,))], nodes, [4, 8], 4,
                    producer="test", calibration={"method": "dni", "percentile": 99.5},
@@ -428,12 +445,12 @@ def test_refuses_duplicate_entry(tmp_path, valid):
 
 def test_refuses_too_many_entries(valid):
     # Counted from the end-of-directory record, before zipfile parses the directory ...
-    with pytest.raises(FormatError, match=r"archive declares 9 entries; the limit is 5"):
+    with pytest.raises(FormatError, match=r"archive declares 16 entries; the limit is 5"):
         load_program(valid, limits=ReadLimits(max_entries=5))
     # ... and again after, for an archive whose record understates the count.
     size = valid.stat().st_size
     patch(patch(valid, size - 14, "<H", 1), size - 12, "<H", 1)
-    with pytest.raises(FormatError, match=r"archive holds 9 entries; the limit is 5"):
+    with pytest.raises(FormatError, match=r"archive holds 16 entries; the limit is 5"):
         load_program(valid, limits=ReadLimits(max_entries=5))
 
 
@@ -846,7 +863,8 @@ def _swap_first_nodes(program):
 # (mutation, expected message without its "program."/"header." prefix, also via a file?)
 INVALID = {
     "unknown op": (_node(0, op="relu"), r"nodes\[0\]\.op: unknown op 'relu'; known ops: add, "
-                   r"affine, avgpool, conv, gemm, global_avgpool, maxpool, reshape, snm", True),
+                   r"affine, analog, avgpool, concat, conv, gemm, global_avgpool, maxpool, pad, "
+                   r"reduce, reshape, resize, snm, snm_clip, snm_leaky, transpose", True),
     "attr length": (_attr(0, "strides", [1]),
                     r"nodes\[0\]\.attrs\.strides: expected 2 ints, got 1 \(node 'conv', conv\)",
                     True),

@@ -50,9 +50,9 @@ def test_linear_op_matches_onnxruntime(case, tmp_path):
 def test_unsupported_op_names_the_node_the_op_and_the_supported_ops(tmp_path):
     builder = GraphBuilder((3, 5, 5), np.random.default_rng(0))
     builder.conv(3)
-    builder.op("Sigmoid")
+    builder.op("Sin")  # no spiking nor analog form
     x = np.zeros((2, 3, 5, 5), np.float32)
-    with pytest.raises(UnsupportedOpError, match=r"'sigmoid\d+'.*'Sigmoid'.*supported ops:.*Conv"):
+    with pytest.raises(UnsupportedOpError, match=r"'sin\d+'.*'Sin'.*supported ops:.*Conv"):
         convert(builder.model(), x, tmp_path)
 
 

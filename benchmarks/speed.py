@@ -1,0 +1,471 @@
+"""Speed and memory of the spiking runtime against onnxruntime and SpikingJelly (issue 5).
+
+From a fresh clone::
+
+    python3 -m venv .venv && .venv/bin/pip install -e .
+    .venv/bin/python benchmarks/speed.py                   # ours and onnxruntime
+    .venv/bin/python benchmarks/speed.py --spikingjelly    # + SpikingJelly (see below)
+
+It prints the table and writes ``docs/results/speed.md`` and ``speed.json``. SpikingJelly
+runs in the torch venv (``.venv-torch``, set up as ``benchmarks/peers/spikingjelly_speed.py``
+says), as a subprocess: the project's venv has no torch.
+
+What it measures, for each benchmark ANN of ``benchmarks/models/models.json`` that exists
+(``--models``, default vgg and resnet; the demo CNN stands in when neither does), on a batch
+of ``--batch`` test images (the packaged Fashion-MNIST test set), each measurement in a
+fresh process so that its peak RSS is its own:
+
+- onnxruntime: T passes of the ANN on the batch (``--threads`` intra-op threads);
+- ours: ``SpikingNetwork.run(x, T)`` for every T of ``--timesteps`` (numba with the same
+  thread count), the program compiled by ``snnc``'s pipeline (DNI for T=32, calibrated on
+  the 300 packaged calibration images); plus the synaptic operations per image
+  (:func:`snncompiler.runtime.stats.activity`);
+- streaming: T calls of ``step()``, peak RSS at T=8 and T=256 (it must not grow);
+- multi-step memory: peak RSS of ``run`` at T=32 and T=256 (the fused executor keeps one
+  step of activations per sample in flight; only the returned readout grows with T);
+- calibration: ``collect_activation_stats`` (the DNI statistics pass) against plain
+  onnxruntime inference over the same images, and its peak RSS for 250 and 1000 images;
+- SpikingJelly: its converted SNN at T=32 on the same batch (``--spikingjelly``).
+
+Timings are the best of ``--repeat`` runs (``--peer-repeat`` for SpikingJelly) after a
+warm-up run (numba's compiled kernels are
+cached on disk; the warm-up loads them). The machine's load average is recorded next to
+the figures: on a shared machine they move with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_JSON = REPO / "benchmarks" / "models" / "models.json"
+RESULTS = REPO / "docs" / "results"
+TORCH_PYTHON = REPO / ".venv-torch" / "bin" / "python"
+PEER = REPO / "benchmarks" / "peers" / "spikingjelly_speed.py"
+TARGET_RATIO = 0.5  # our T=32 time / 32 onnxruntime passes
+TARGET_PEER = 3.0  # SpikingJelly T=32 time / ours
+TARGET_STREAMING = 0.05  # relative growth of step() peak RSS from T=8 to T=256
+TARGET_CALIBRATION = 2.0  # calibration time / plain onnxruntime inference
+
+
+# --------------------------------------------------------------------------- workers
+# Each worker runs in its own process (``speed.py --worker NAME --args JSON``) and prints
+# one JSON object on its last line.
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited on exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _best(fn, repeat: int) -> tuple[float, list[float]]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times), times
+
+
+def _ort_session(path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def worker_ort(onnx: str, inputs: str, passes: int, threads: int, repeat: int) -> dict:
+    x = np.load(inputs)
+    session = _ort_session(onnx, threads)
+    name = session.get_inputs()[0].name
+
+    def run():
+        for _ in range(passes):
+            session.run(None, {name: x})
+
+    best, times = _best(run, repeat)
+    return {"seconds": best, "all_seconds": times, "passes": passes, "threads": threads,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_snn(snn: str, inputs: str, timesteps: list[int], threads: int, repeat: int) -> dict:
+    import numba
+
+    from snncompiler import runtime
+    from snncompiler.runtime.stats import activity
+
+    numba.set_num_threads(threads)
+    x = np.load(inputs)
+    net = runtime.load(snn)
+    net.run(x[:2], 2)  # loads the cached kernels
+    before = _rss_mb()
+    result = {"executor": net.executor, "threads": threads, "seconds": {}, "all_seconds": {}}
+    for steps in timesteps:
+        best, times = _best(lambda steps=steps: net.run(x, steps), repeat)
+        result["seconds"][str(steps)] = best
+        result["all_seconds"][str(steps)] = times
+    net.run(x, 32)
+    report = activity(net)
+    rates = [layer.firing_rate for layer in report.neurons()]
+    result.update(
+        synaptic_ops_per_image=report.synaptic_ops, ann_macs_per_image=report.ann_macs,
+        static_macs_per_image=report.static_macs, steps_for_ops=report.steps,
+        mean_firing_rate=float(np.mean(rates)) if rates else 0.0,
+        rss_after_load_mb=before, peak_rss_mb=_peak_rss_mb())
+    return result
+
+
+def worker_memory(snn: str, inputs: str, steps: int, threads: int, streaming: bool) -> dict:
+    import numba
+
+    from snncompiler import runtime
+
+    numba.set_num_threads(threads)
+    x = np.load(inputs)
+    net = runtime.load(snn)
+    net.run(x[:2], 2)
+    before = _rss_mb()
+    start = time.perf_counter()
+    if streaming:
+        net.select_parameters(steps)
+        net.reset()
+        for _ in range(steps):
+            net.step(x)
+    else:
+        net.run(x, steps)
+    return {"steps": steps, "streaming": streaming, "seconds": time.perf_counter() - start,
+            "rss_before_mb": before, "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_calibration(onnx: str, inputs: str, images: int, threads: int, batch: int,
+                       plain: bool) -> dict:
+    """Either the calibration statistics pass or plain inference, over the same batches."""
+    import onnx as onnx_lib
+
+    x = np.load(inputs)[:images]
+    name = _ort_session(onnx, threads).get_inputs()[0].name
+    batches = [{name: x[i:i + batch]} for i in range(0, len(x), batch)]
+    before = _rss_mb()
+    if plain:
+        session = _ort_session(onnx, threads)
+        start = time.perf_counter()
+        for feed in batches:
+            session.run(None, feed)
+        seconds = time.perf_counter() - start
+    else:
+        from snncompiler.passes.calibration_stats import collect_activation_stats
+
+        model = onnx_lib.load(onnx)
+        relu_inputs = [node.input[0] for node in model.graph.node if node.op_type == "Relu"]
+        start = time.perf_counter()
+        collect_activation_stats(model, relu_inputs, batches, progress=False)
+        seconds = time.perf_counter() - start
+    return {"images": images, "plain": plain, "seconds": seconds, "rss_before_mb": before,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+WORKERS = {"ort": worker_ort, "snn": worker_snn, "memory": worker_memory,
+           "calibration": worker_calibration}
+
+
+def _subprocess(python: Path | str, argv: list[str], timeout: int = 3600) -> dict:
+    done = subprocess.run([str(python), *argv], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{done.stdout}\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _fastest(runs: list[dict], seconds) -> dict:
+    """The fastest of the runs of one engine at several thread counts (each run records
+    its ``threads``), with the others' times kept for the record."""
+    best = min(runs, key=seconds)
+    return {**best, "by_threads": {str(run["threads"]): seconds(run) for run in runs}}
+
+
+def _work(name: str, **kwargs) -> dict:
+    return _subprocess(sys.executable, [__file__, "--worker", name, "--args",
+                                        json.dumps(kwargs)])
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _models(names: list[str]) -> dict[str, dict]:
+    specs = json.loads(MODELS_JSON.read_text())
+    chosen = {n: specs[n] for n in names if n in specs and (REPO / specs[n]["onnx"]).exists()}
+    for name in names:
+        if name not in chosen:
+            print(f"{name}: not in {MODELS_JSON.name} or not trained yet, skipped")
+    if not chosen:
+        print(f"none of {names} is trained yet: benchmarking the demo CNN instead")
+        chosen = {"demo": specs["demo"]}
+    return chosen
+
+
+def _data(spec: dict, batch: int, folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """Preprocessed test batch, calibration images and all test images as .npy files."""
+    from snncompiler.demo import demo_files
+    from snncompiler.npz import Preprocessing, load_npz
+
+    _, data = demo_files()
+    preprocessing = Preprocessing(**spec["preprocessing"])
+    test = load_npz(data / "fashion_mnist_test.npz", preprocessing).x
+    calib = load_npz(data / "fashion_mnist_calib.npz", preprocessing).x
+    if batch > len(test):
+        raise SystemExit(f"--batch {batch}: only {len(test)} packaged test images")
+    paths = folder / f"{name}_batch.npy", folder / f"{name}_calib.npy", folder / f"{name}_all.npy"
+    for path, array in zip(paths, (test[:batch], calib, test)):
+        np.save(path, np.ascontiguousarray(array, dtype=np.float32))
+    return paths
+
+
+def _compile(spec: dict, calib: Path, out: Path) -> float:
+    from snncompiler.context import CompileConfig
+    from snncompiler.npz import Dataset
+    from snncompiler.pipeline import compile_model
+    from snncompiler.runtime.format import save_program
+
+    dataset = Dataset(x=np.load(calib), y=None, source=str(calib))
+    result = compile_model(REPO / spec["onnx"], dataset,
+                           CompileConfig(timesteps=(32,), progress=False))
+    save_program(result.program, out, overwrite=True)
+    return result.seconds
+
+
+def _machine() -> dict:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import numba
+    import onnxruntime
+
+    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def _fmt(value, digits=2, unit=""):
+    return "—" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def render(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        "# Speed and memory of the spiking runtime",
+        "",
+        "Written by `benchmarks/speed.py` (issue 5); rerun it to refresh. Batch of "
+        f"{results['batch']} Fashion-MNIST test images. Every engine (onnxruntime intra-op "
+        "threads, numba, torch) is timed with 1 and with "
+        f"{results['threads']} threads and the table keeps its faster setting (threads in "
+        "brackets): on a loaded machine spinning thread pools can lose a lot. Times: best "
+        f"of {results['repeat']} runs after a warm-up run.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; Python {m['python']}, "
+        f"numpy {m['numpy']}, numba {m['numba']}, onnxruntime {m['onnxruntime']}"
+        + (f", torch {results['peer']['torch']}, SpikingJelly {results['peer']['spikingjelly']}"
+           if results.get("peer") else "") + ".",
+        f"Load average (1, 5, 15 min) at the start: {results['load_start']}, at the end: "
+        f"{results['load_end']}. The machine is shared: figures move with its load.",
+        "",
+        "## Time against the targets",
+        "",
+        "| model | ORT 1 pass | ORT x32 | ours T=32 | ours / ORT x32 (target <= "
+        f"{TARGET_RATIO}) | SpikingJelly T=32 | SpikingJelly / ours (target >= "
+        f"{TARGET_PEER:g}) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["models"].items():
+        ort32 = r["ort"]["seconds"]
+        ours = r["snn"]["seconds"].get("32")
+        peer = r.get("spikingjelly", {}).get("seconds")
+        peer_threads = f" ({r['spikingjelly']['threads']})" if peer else ""
+        lines.append(
+            f"| {name} | {_fmt(ort32 / 32 * 1000, 1, ' ms')} | {_fmt(ort32, 3, ' s')} "
+            f"({r['ort']['threads']}) | {_fmt(ours, 3, ' s')} ({r['snn']['threads']}) | "
+            f"**{_fmt(_ratio(ours, ort32))}** | {_fmt(peer, 3, ' s')}{peer_threads} | "
+            f"**{_fmt(_ratio(peer, ours), 1)}** |")
+    lines += ["", "## Time against T (ours)", "",
+              "| model | " + " | ".join(f"T={t}" for t in results["timesteps"])
+              + " | per image-step at T=32 | synaptic ops / image (T=32) | ANN MACs / image "
+              "(x32) | mean firing rate | ours: G synaptic ops/s | ORT: G MAC/s |",
+              "|---|" + "---|" * (len(results["timesteps"]) + 6)]
+    for name, r in results["models"].items():
+        s = r["snn"]
+        per_step = s["seconds"].get("32")
+        per_step = per_step / (32 * results["batch"]) * 1e6 if per_step else None
+        images = results["batch"]
+        ours_rate = _ratio(s["synaptic_ops_per_image"] * images / 1e9, s["seconds"].get("32"))
+        ort_rate = _ratio(s["ann_macs_per_image"] * 32 * images / 1e9, r["ort"]["seconds"])
+        lines.append(
+            f"| {name} | " + " | ".join(_fmt(s["seconds"].get(str(t)), 3, " s")
+                                         for t in results["timesteps"])
+            + f" | {_fmt(per_step, 1, ' us')} | {s['synaptic_ops_per_image'] / 1e6:.2f} M | "
+            f"{s['ann_macs_per_image'] * 32 / 1e6:.2f} M | {s['mean_firing_rate']:.3f} | "
+            f"{_fmt(ours_rate, 2)} | {_fmt(ort_rate, 2)} |")
+    lines += ["", "## Memory (peak RSS of a fresh process, MB)", "",
+              "| model | ORT x32 | ours run T=32 | ours run T=256 | step() T=8 | step() T=256 "
+              f"| step() growth (target <= {TARGET_STREAMING:.0%}) | SpikingJelly T=32 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, r in results["models"].items():
+        mem = r["memory"]
+        growth = _ratio(mem["step_256"]["peak_rss_mb"] - mem["step_8"]["peak_rss_mb"],
+                        mem["step_8"]["peak_rss_mb"])
+        lines.append(
+            f"| {name} | {r['ort']['peak_rss_mb']:.0f} | {mem['run_32']['peak_rss_mb']:.0f} | "
+            f"{mem['run_256']['peak_rss_mb']:.0f} | {mem['step_8']['peak_rss_mb']:.0f} | "
+            f"{mem['step_256']['peak_rss_mb']:.0f} | **{_fmt(growth * 100, 1, '%')}** | "
+            f"{_fmt(r.get('spikingjelly', {}).get('peak_rss_mb'), 0)} |")
+    lines += ["", "## Calibration (DNI statistics pass)", "",
+              "| model | images | plain onnxruntime | calibration | ratio (target <= "
+              f"{TARGET_CALIBRATION:g}) | peak RSS 250 images | peak RSS 1000 images |",
+              "|---|---|---|---|---|---|---|"]
+    for name, r in results["models"].items():
+        c = r["calibration"]
+        lines.append(
+            f"| {name} | {c['large']['images']} | {_fmt(c['plain']['seconds'], 3, ' s')} | "
+            f"{_fmt(c['large']['seconds'], 3, ' s')} | "
+            f"**{_fmt(_ratio(c['large']['seconds'], c['plain']['seconds']))}** | "
+            f"{c['small']['peak_rss_mb']:.0f} | {c['large']['peak_rss_mb']:.0f} |")
+    lines += ["", "## Notes", "", *results["notes"], ""]
+    return "\n".join(lines)
+
+
+NOTES = [
+    "- *ours*: `SpikingNetwork.run` with the fused executor (`runtime/fused.py`, "
+    "`runtime/kernels.py`): every dynamic node runs for one sample and one step at a time, "
+    "so a sample's state stays in the cache; conv and gemm on spikes are event-driven "
+    "(additions only for the nonzero inputs, 32 output channels kept in SIMD registers); "
+    "the first conv runs once on the directly coded input. Its results do not depend on "
+    "the time chunk, the batch or the thread count.",
+    "- *synaptic ops*: additions done by the event-driven layers (nonzero inputs x outputs "
+    "reached), per image over 32 steps, from `runtime.stats.activity`; *ANN MACs x32*: what "
+    "32 dense passes of the same layers would do.",
+    "- *SpikingJelly*: `ann2snn.Converter` (default rate-coding recipe, `mode='max'`) on the "
+    "ANN rebuilt in torch from the ONNX weights (`benchmarks/peers/spikingjelly_ann2snn.py`), "
+    "stepped with `snn(x)` T times under `torch.no_grad()` (its converted modules are "
+    "single-step). It converts max pooling and the neurons differently (no signed spikes), "
+    "so it does somewhat different work; the comparison is of the time to simulate T steps "
+    "of each tool's conversion of the same ANN.",
+    "- *What bounds ours / ORT*: the event-driven layers do several times fewer operations "
+    "than 32 dense passes (*synaptic ops* against *ANN MACs x32*), but each costs more: a "
+    "dense GEMM loads a weight once for many outputs and runs near the CPU's peak "
+    "(*ORT: G MAC/s*), while an event loads one weight row per output it reaches "
+    "(*ours: G synaptic ops/s*); and every step also lists the nonzero inputs, updates "
+    "every neuron and every max-pool tracker, work that one ANN pass does not have.",
+    "- *step() memory*: peak RSS after T streaming steps of the whole batch; the network's "
+    "state is allocated at the first step and nothing grows with T.",
+    "- *calibration*: `snncompiler.passes.calibration_stats.collect_activation_stats` over "
+    "the inputs of every Relu, batches of 64 test images, against `InferenceSession.run` "
+    "on the same batches.",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--args", help=argparse.SUPPRESS)
+    parser.add_argument("--models", default="vgg,resnet")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--timesteps", default="8,16,32,64")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--peer-repeat", type=int, default=1,
+                        help="timed runs of SpikingJelly after its warm-up (it is slow)")
+    parser.add_argument("--spikingjelly", action="store_true",
+                        help=f"also time SpikingJelly with {TORCH_PYTHON.relative_to(REPO)}")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](**json.loads(args.args))))
+        return
+
+    timesteps = sorted({int(t) for t in args.timesteps.split(",")} | {32})
+    results = {"batch": args.batch, "threads": args.threads, "repeat": args.repeat,
+               "timesteps": timesteps, "machine": _machine(),
+               "load_start": [round(v, 2) for v in os.getloadavg()], "models": {},
+               "notes": NOTES}
+    thread_counts = sorted({1, args.threads})
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        for name, spec in _models(args.models.split(",")).items():
+            onnx = str(REPO / spec["onnx"])
+            batch, calib, every = _data(spec, args.batch, folder, name)
+            snn = folder / f"{name}.snn"
+            print(f"{name}: compiling ({_compile(spec, calib, snn):.1f} s)", flush=True)
+            r = {"onnx": spec["onnx"]}
+            r["ort"] = _fastest([
+                _work("ort", onnx=onnx, inputs=str(batch), passes=32, repeat=args.repeat,
+                      threads=threads) for threads in thread_counts], lambda w: w["seconds"])
+            r["snn"] = _fastest([
+                _work("snn", snn=str(snn), inputs=str(batch), timesteps=timesteps,
+                      repeat=args.repeat, threads=threads) for threads in thread_counts],
+                lambda w: w["seconds"]["32"])
+            common = {"threads": r["snn"]["threads"]}
+            print(f"  onnxruntime x32 {r['ort']['seconds']:.3f} s ({r['ort']['threads']} "
+                  f"threads), ours T=32 {r['snn']['seconds']['32']:.3f} s "
+                  f"({r['snn']['threads']} threads)", flush=True)
+            r["memory"] = {
+                f"{kind}_{steps}": _work("memory", snn=str(snn), inputs=str(batch), steps=steps,
+                                         streaming=kind == "step", **common)
+                for kind in ("step", "run") for steps in ((8, 256) if kind == "step"
+                                                          else (32, 256))}
+            r["calibration"] = {
+                key: _work("calibration", onnx=onnx, inputs=str(every), images=images,
+                           batch=64, plain=plain, **common)
+                for key, images, plain in (("plain", 1000, True), ("large", 1000, False),
+                                           ("small", 250, False))}
+            if args.spikingjelly:
+                r["spikingjelly"] = _fastest([_subprocess(TORCH_PYTHON, [
+                    str(PEER), "--onnx", onnx, "--inputs", str(batch), "--calib", str(calib),
+                    "--timesteps", "32", "--threads", str(threads),
+                    "--repeat", str(args.peer_repeat)]) for threads in thread_counts],
+                    lambda w: w["seconds"])
+                results["peer"] = {k: r["spikingjelly"][k] for k in ("torch", "spikingjelly")}
+                print(f"  SpikingJelly T=32 {r['spikingjelly']['seconds']:.3f} s", flush=True)
+            results["models"][name] = r
+    results["load_end"] = [round(v, 2) for v in os.getloadavg()]
+    text = render(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.md").write_text(text)
+    (args.out / "speed.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

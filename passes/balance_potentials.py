@@ -1,0 +1,204 @@
+"""DNI's second stage: shift initial potentials so every channel's mean SNN output is the ANN's.
+
+Why. The first stage (``dni.py``) is exact for a neuron whose input is constant over time,
+which only the first neuron layer has. Deeper layers integrate spike trains that carry the
+earlier layers' rounding, and a rectifier turns zero-mean noise into a positive bias
+(``E[relu(a + e)] > relu(a)`` near 0); max pooling of noisy inputs adds more. These biases
+add up from layer to layer. A shift of a neuron's initial potential by ``d`` changes what it
+sends over T steps by about ``d / T`` per step while it is neither silent nor saturated, so
+
+    v0[c] += T * (target[c] - E_snn[output_c])
+
+moves channel c's mean output towards its target, without touching weights or biases. The
+target is ``E[q(a_c)]``, what the first stage's neuron would send for the ANN's activations
+``a_c`` if its input were constant (:func:`target_means`): for the first layer the shift is
+then 0, and deeper layers lose only the bias that the time-varying input adds. (Matching
+``E[relu(a_c)]`` instead also undoes the clipping that the first stage chose on purpose;
+it measured worse, see docs/results/fidelity.md.)
+
+How. For each calibrated T (its own row of parameters), the compiled program runs on the
+first ``second_stage_samples`` calibration images for T steps with the runtime engine; an
+observer sums every neuron layer's output per channel. All layers are corrected from the
+same run, then the run is repeated (``second_stage_sweeps`` in all): the first sweep
+corrects each layer for the bias it shows with the earlier layers uncorrected, the next
+ones for what is left once they are corrected. This is the layer-by-layer correction in
+topological order done a few times for the price of a few simulations, instead of one
+simulation per layer. The targets come from the ANN's activations on the same images
+(:func:`record_second_stage_stats`, onnxruntime before the Relus are replaced), so both sides of the
+difference see the same samples; see :func:`target_means` for what exactly is matched.
+
+Range. ``v0`` is clipped to ``[V0_MIN, V0_MAX] * theta``. Outside ``[0, theta)`` the
+neuron still computes ``floor((v0 + sum z) / theta)``: with signed spikes an early spike
+that the input does not justify is taken back. A plain IF neuron (``theta_neg="off"``)
+cannot take a spike back, so its ``v0`` stays below ``theta``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from snncompiler.context import CompileContext
+from snncompiler.errors import CalibrationError
+from snncompiler.runtime.engine import SpikingNetwork
+from snncompiler.runtime.graph import Program
+
+from .calibration_stats import ChannelHistogram, collect_activation_stats
+from .dni import spike_output
+
+# Bounds of the corrected initial potential, in units of the neuron's threshold.
+V0_MIN = -1.0
+V0_MAX = 2.0
+
+# What the SNN's mean output is matched to, see target_means ("model" measured better than
+# "relu"; kept as a constant so the ablation can be rerun, not as a user option).
+TARGET = "model"
+
+# Images simulated at once: the engine's memory stays near one batch of activations.
+_BATCH = 64
+
+
+def target_means(hist: ChannelHistogram, theta: np.ndarray, v0: np.ndarray, steps: int,
+                 max_spikes: int) -> np.ndarray:
+    """What each channel should send per step on average: ``E[q(a)]`` or ``E[relu(a)]``.
+
+    With :data:`TARGET` ``"model"`` it is the mean of ``q(a)``, the output of the
+    first stage's neuron for a constant input ``a`` (``dni.spike_output``), over the ANN's
+    activations: the first stage chose to clip and round, so the second stage removes only
+    the bias that comes on top of that, from inputs that vary over time. ``"relu"``
+    targets the ANN's own mean and also undoes the first stage's clipping.
+    """
+    if TARGET == "relu":
+        return hist.sum_positive / np.maximum(hist.n_total, 1)
+    q = spike_output(hist.bin_means(), theta[:, None].astype(np.float64),
+                     v0[:, None].astype(np.float64), steps, max_spikes)
+    return (q * hist.counts).sum(axis=1) / np.maximum(hist.n_total, 1)
+
+
+def record_second_stage_stats(graph: gs.Graph, ctx: CompileContext) -> int:
+    """Pass: histograms of every Relu's input on the images the second stage simulates.
+
+    Runs only with ``ctx.config.second_stage``. Uses the first
+    ``ctx.config.second_stage_samples`` calibration images, the ones that
+    :func:`balance_potentials` simulates, and stores their per-channel histograms in
+    ``ctx.second_stage_stats`` (keyed by the Relu's input tensor, like
+    ``ctx.neuron_params``), from which :func:`target_means` comes.
+
+    Preconditions: the graph is still an ANN that onnxruntime can run (before
+    ``replace_relu``), and calibration data was given.
+    Preserves: the graph is not modified.
+
+    Returns:
+        The number of tensors measured.
+    """
+    if not ctx.config.second_stage:
+        return 0
+    names = list(dict.fromkeys(
+        node.inputs[0].name for node in graph.nodes
+        if node.op == "Relu" and isinstance(node.inputs[0], gs.Variable)))
+    if not names:
+        return 0
+    if ctx.calibration_batches is None:
+        raise CalibrationError("the second stage needs calibration data: pass --calib FILE.npz")
+    samples = _sample_count(ctx)
+    ctx.second_stage_stats.update(collect_activation_stats(
+        gs.export_onnx(graph), names, _first_images(ctx.calibration_batches(), samples),
+        bins=ctx.config.histogram_bins, progress=ctx.config.progress, total=samples))
+    return len(names)
+
+
+def balance_potentials(program: Program, ctx: CompileContext) -> int:
+    """Post-lowering step: shifts each ``snm`` channel's ``v0`` by ``T * (target - SNN mean)``.
+
+    See the module docstring. Every calibrated T is corrected in its own parameter row.
+
+    Preconditions: ``record_second_stage_stats`` ran (``ctx.second_stage_stats``), the
+    program has one input, and ``program.timesteps`` lists the rows of every neuron's ``v0``.
+    Preserves: weights, biases and thresholds; only ``v0`` arrays of ``snm`` nodes change.
+
+    Returns:
+        The number of (row, channel) initial potentials changed.
+    """
+    config = ctx.config
+    stats = ctx.second_stage_stats
+    neurons = [n for n in program.nodes if n.op == "snm" and n.inputs[0] in stats]
+    if not neurons or not config.second_stage:
+        return 0
+    if len(program.inputs) != 1:
+        raise CalibrationError("the second stage supports single-input models")
+    name = program.inputs[0].name
+    images = np.concatenate([feed[name] for feed in _first_images(
+        ctx.calibration_batches(), _sample_count(ctx))])
+    before = {n.name: n.arrays["v0"].copy() for n in neurons}
+    for node in neurons:
+        node.arrays["v0"] = np.array(node.arrays["v0"], dtype=np.float32)
+    for row, steps in enumerate(program.timesteps):
+        targets = {n.name: target_means(stats[n.inputs[0]], n.arrays["theta"][row],
+                                        n.arrays["v0"][row], steps,
+                                        int(n.attrs["max_spikes_per_step"])) for n in neurons}
+        for _ in range(config.second_stage_sweeps):
+            means = snn_channel_means(program, images, steps, [n.name for n in neurons])
+            for node in neurons:
+                _shift(node, row, steps, targets[node.name] - means[node.name])
+    changed = sum(int((before[n.name] != n.arrays["v0"]).sum()) for n in neurons)
+    shift = np.concatenate([
+        ((n.arrays["v0"] - before[n.name]) / n.arrays["theta"]).ravel() for n in neurons])
+    ctx.report.append(
+        f"second stage: {len(neurons)} neuron layers, {len(images)} images, "
+        f"{config.second_stage_sweeps} sweeps per T; v0 moved by {np.abs(shift).mean():.3f} "
+        f"theta on average (largest {np.abs(shift).max():.3f})")
+    return changed
+
+
+def snn_channel_means(program: Program, images: np.ndarray, steps: int,
+                      names: list[str]) -> dict[str, np.ndarray]:
+    """Mean output per step of each channel of the named neuron nodes, over ``steps`` steps.
+
+    Runs the engine with the parameter row calibrated for ``steps`` on ``images`` (in
+    batches) and sums, through the observer, what every named node sends.
+    """
+    wanted = set(names)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+
+    def observe(node, value, t0):
+        if node.name not in wanted:
+            return
+        data = value.data if value.dynamic else value.data[None]
+        axes = tuple(i for i in range(data.ndim) if i != 2)
+        total = data.sum(axis=axes, dtype=np.float64)
+        sums[node.name] = sums.get(node.name, 0.0) + total
+        counts[node.name] = counts.get(node.name, 0) + data.size // data.shape[2]
+
+    net = SpikingNetwork(program)
+    for first in range(0, len(images), _BATCH):
+        net.run(images[first:first + _BATCH], steps, parameters_for=steps, observer=observe)
+    return {name: sums[name] / counts[name] for name in names}
+
+
+def _shift(node, row: int, steps: int, error: np.ndarray) -> None:
+    theta = node.arrays["theta"][row].astype(np.float64)
+    v0 = node.arrays["v0"][row].astype(np.float64) + steps * error
+    upper = V0_MAX * theta if node.attrs["theta_neg"] != "off" else theta
+    v0 = np.clip(v0, V0_MIN * theta, upper).astype(np.float32)
+    if node.attrs["theta_neg"] == "off":
+        v0 = np.minimum(v0, np.nextafter(theta.astype(np.float32), np.float32(0)))
+    node.arrays["v0"][row] = v0
+
+
+def _sample_count(ctx: CompileContext) -> int:
+    size = ctx.calibration_size or ctx.config.second_stage_samples
+    return min(ctx.config.second_stage_samples, size)
+
+
+def _first_images(batches, count: int) -> Iterator[dict[str, np.ndarray]]:
+    """The feeds of ``batches``, cut after ``count`` images."""
+    left = count
+    for feed in batches:
+        if left <= 0:
+            return
+        size = len(next(iter(feed.values())))
+        yield {k: np.asarray(v)[:left] for k, v in feed.items()} if size > left else feed
+        left -= size

@@ -1,0 +1,716 @@
+"""Numba kernels of the fused executor: every dynamic op, one sample and one step at a time.
+
+The fused executor (:mod:`snncompiler.runtime.fused`) runs the whole time-dependent part of
+a network for one sample, step after step, before it moves to the next sample, so a
+sample's neuron state and its activations stay in the CPU cache. The planner turns the
+program into arrays that these kernels read:
+
+- ``ops``: one row of integers per op, ``[opcode, in0 space, in0 offset, in1 space,
+  in1 offset, out offset, out size, p0, p1, ...]``; the ``p`` are the op's own integers
+  (shapes, geometry, offsets of its parameters and state), listed in :func:`_execute`;
+- ``params``: float32 weights, biases, thresholds, ...; ``index``: int64 index maps;
+- per-sample state rows: ``fstate`` (membranes; max counts of the max pools on spikes),
+  ``istate`` (spike counts), ``dstate`` (float64 running sums of the other max pools and
+  of the readout);
+- per-block scratch rows (a block is a run of samples handled by one thread).
+
+An input lives in space 0 (this step's arena) or space 1 (the sample's static row: values
+computed once from the directly coded input). Tensors of rank 3, (C, H, W), are stored
+channels-last, (H, W, C): a pixel's channels are contiguous, which is what the vector
+loops over channels want. Other tensors keep their logical order.
+
+Event-driven linear ops. A spike tensor is mostly zeros. ``conv`` and ``gemm`` first list
+the nonzero inputs of the step (value and weight-row offset, pixel by pixel), then compute
+every output from the listed inputs that reach it only, keeping 32 output channels in four
+8-lane registers (:mod:`snncompiler.runtime.simd`). The additions done are (nonzero inputs)
+x (outputs each reaches), against (all inputs) x (outputs) for a dense layer. On a dense
+input the same kernel is a direct convolution (every input is an event), as fast as a good
+dense one: there is no separate dense path to choose. Every output adds its terms in an
+order fixed by the positions of the nonzero inputs alone (kernel row, kernel column, input
+channel; for ``gemm`` the input index; alternate terms go to two partial sums, added at
+the end, so that the additions do not wait for each other), then the bias: the result does
+not depend on the batch, the time chunk or the number of threads. It differs from numpy's
+BLAS ``conv2d``/``gemm``, which add in another order, by float rounding only.
+
+No kernel allocates (``conv_batch`` allocates its scratch once per call).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from snncompiler.runtime.simd import (
+    add8,
+    add_vectors8,
+    load8,
+    load8_float,
+    max8,
+    mul8,
+    mul_add8,
+    store8,
+    sub8,
+    zeros8,
+)
+
+# Opcodes of the fused executor.
+(CONV, CONV_GROUPED, GEMM, AFFINE, ADD, AVGPOOL, GLOBAL_AVGPOOL, MAXPOOL, MAXPOOL_SPIKES, SNM,
+ GATHER, READOUT, RECORD) = range(13)
+
+# Columns of an ``ops`` row before the op's own integers.
+OPCODE, IN0_SPACE, IN0, IN1_SPACE, IN1, OUT, SIZE, P = range(8)
+N_PARAMS = 20
+ROW = P + N_PARAMS
+
+BLOCK = 32  # output channels kept in registers at once (four 8-lane vectors)
+
+
+# --------------------------------------------------------------------------- linear ops
+
+
+@njit(cache=True, inline="always")
+def _block32(weight, events, values, starts, taps, runs, offset):
+    """Sums ``value * weight[row + offset : +32]`` over the events of ``runs`` runs.
+
+    Run ``k`` is the events ``starts[2k] .. starts[2k + 1]`` (unsigned, so that indexing
+    needs no negative-index check), whose weight rows start at ``events[e] + taps[k]``.
+    Even and odd events of a run go to two sets of registers, added at the end, so that
+    consecutive additions do not wait for each other.
+    """
+    a0, a1, a2, a3 = zeros8(), zeros8(), zeros8(), zeros8()
+    b0, b1, b2, b3 = zeros8(), zeros8(), zeros8(), zeros8()
+    one, two = np.uint64(1), np.uint64(2)
+    for k in range(runs):
+        shift = taps[k] + offset
+        e, stop = starts[2 * k], starts[2 * k + 1]
+        while e + one < stop:
+            value = values[e]
+            row = events[e] + shift
+            a0 = mul_add8(a0, value, weight, row)
+            a1 = mul_add8(a1, value, weight, row + 8)
+            a2 = mul_add8(a2, value, weight, row + 16)
+            a3 = mul_add8(a3, value, weight, row + 24)
+            value = values[e + one]
+            row = events[e + one] + shift
+            b0 = mul_add8(b0, value, weight, row)
+            b1 = mul_add8(b1, value, weight, row + 8)
+            b2 = mul_add8(b2, value, weight, row + 16)
+            b3 = mul_add8(b3, value, weight, row + 24)
+            e += two
+        if e < stop:
+            value = values[e]
+            row = events[e] + shift
+            a0 = mul_add8(a0, value, weight, row)
+            a1 = mul_add8(a1, value, weight, row + 8)
+            a2 = mul_add8(a2, value, weight, row + 16)
+            a3 = mul_add8(a3, value, weight, row + 24)
+    return add_vectors8(a0, b0), add_vectors8(a1, b1), add_vectors8(a2, b2), add_vectors8(a3, b3)
+
+
+@njit(cache=True, inline="always")
+def _block16(weight, events, values, starts, taps, runs, offset):
+    """:func:`_block32` for 16 output channels."""
+    a0, a1, b0, b1 = zeros8(), zeros8(), zeros8(), zeros8()
+    one, two = np.uint64(1), np.uint64(2)
+    for k in range(runs):
+        shift = taps[k] + offset
+        e, stop = starts[2 * k], starts[2 * k + 1]
+        while e + one < stop:
+            value = values[e]
+            row = events[e] + shift
+            a0 = mul_add8(a0, value, weight, row)
+            a1 = mul_add8(a1, value, weight, row + 8)
+            value = values[e + one]
+            row = events[e + one] + shift
+            b0 = mul_add8(b0, value, weight, row)
+            b1 = mul_add8(b1, value, weight, row + 8)
+            e += two
+        if e < stop:
+            value = values[e]
+            row = events[e] + shift
+            a0 = mul_add8(a0, value, weight, row)
+            a1 = mul_add8(a1, value, weight, row + 8)
+    return add_vectors8(a0, b0), add_vectors8(a1, b1)
+
+
+@njit(cache=True, inline="always")
+def _block8(weight, events, values, starts, taps, runs, offset):
+    """:func:`_block32` for 8 output channels."""
+    a0, b0 = zeros8(), zeros8()
+    one, two = np.uint64(1), np.uint64(2)
+    for k in range(runs):
+        shift = taps[k] + offset
+        e, stop = starts[2 * k], starts[2 * k + 1]
+        while e + one < stop:
+            a0 = mul_add8(a0, values[e], weight, events[e] + shift)
+            b0 = mul_add8(b0, values[e + one], weight, events[e + one] + shift)
+            e += two
+        if e < stop:
+            a0 = mul_add8(a0, values[e], weight, events[e] + shift)
+    return add_vectors8(a0, b0)
+
+
+@njit(cache=True, inline="always")
+def _block1(weight, events, values, starts, taps, runs, offset):
+    """:func:`_block32` for 1 output channel."""
+    total = np.float32(0.0)
+    for k in range(runs):
+        shift = taps[k] + offset
+        for e in range(starts[2 * k], starts[2 * k + 1]):
+            total += values[e] * weight[events[e] + shift]
+    return total
+
+
+@njit(cache=True, inline="always")
+def _outputs_from_runs(weight, bias, n_out, events, values, runs_at, taps, runs, out, base):
+    """Writes ``out[base + o] = (sum over the runs' events) + bias[o]`` for every o."""
+    o = 0
+    while o + BLOCK <= n_out:
+        a0, a1, a2, a3 = _block32(weight, events, values, runs_at, taps, runs, o)
+        store8(out, base + o, add8(a0, bias, o))
+        store8(out, base + o + 8, add8(a1, bias, o + 8))
+        store8(out, base + o + 16, add8(a2, bias, o + 16))
+        store8(out, base + o + 24, add8(a3, bias, o + 24))
+        o += BLOCK
+    if o + 16 <= n_out:
+        a0, a1 = _block16(weight, events, values, runs_at, taps, runs, o)
+        store8(out, base + o, add8(a0, bias, o))
+        store8(out, base + o + 8, add8(a1, bias, o + 8))
+        o += 16
+    while o + 8 <= n_out:
+        store8(out, base + o,
+               add8(_block8(weight, events, values, runs_at, taps, runs, o), bias, o))
+        o += 8
+    while o < n_out:
+        out[base + o] = _block1(weight, events, values, runs_at, taps, runs, o) + bias[o]
+        o += 1
+
+
+@njit(cache=True)
+def conv_events(x, channels, height, width, weight, bias, out_channels, kh, kw, sh, sw, ph,
+                pw, dh, dw, out_h, out_w, events, values, starts, runs_at, taps, out):
+    """2-D convolution (group 1) of one channels-last sample, from its nonzero inputs.
+
+    Args:
+        x: (H*W*C,) input.
+        weight: (C*KH*KW*O,) the ONNX weight (O, C, KH, KW) as [c, kh, kw, o]
+            (see :func:`snncompiler.runtime.fused.conv_weight_layout`).
+        bias: (O,).
+        events, values: Scratch of at least C*H*W entries; starts: of H*W + 1 (uint64);
+            runs_at: of 2*KH*KW (uint64); taps: of KH*KW.
+        out: (Ho*Wo*O,) output.
+
+    Returns:
+        The additions done: every nonzero input times the outputs it reaches.
+    """
+    # 1. The nonzero inputs, pixel by pixel; an event's row offset leaves out the tap.
+    stride_c = kh * kw * out_channels
+    cells = x.reshape((height * width, channels))
+    count = 0
+    for ih in range(height):
+        for iw in range(width):
+            pixel = ih * width + iw
+            starts[pixel] = count
+            column = iw * out_channels
+            for c in range(channels):
+                value = cells[pixel, c]
+                events[count] = c * stride_c + column
+                values[count] = value
+                count += value != 0
+    starts[height * width] = count
+    # 2. Every output pixel from the events of its receptive field. With dilation 1 the
+    # kernel columns of one kernel row read consecutive pixels: one run of events.
+    additions = 0
+    for oh in range(out_h):
+        top = oh * sh - ph
+        for ow in range(out_w):
+            left = ow * sw - pw
+            runs = 0
+            for a in range(kh):
+                ih = top + a * dh
+                if ih < 0 or ih >= height:
+                    continue
+                row = ih * width
+                if dw == 1:
+                    first, last = max(left, 0), min(left + kw, width)
+                    if first < last:
+                        runs_at[2 * runs] = starts[row + first]
+                        runs_at[2 * runs + 1] = starts[row + last]
+                        # event row + tap = c*KH*KW*O + (a*KW + iw - left)*O
+                        taps[runs] = (a * kw - left) * out_channels
+                        additions += np.int64(starts[row + last] - starts[row + first])
+                        runs += 1
+                else:
+                    for b in range(kw):
+                        iw = left + b * dw
+                        if 0 <= iw < width:
+                            runs_at[2 * runs] = starts[row + iw]
+                            runs_at[2 * runs + 1] = starts[row + iw + 1]
+                            taps[runs] = (a * kw + b - iw) * out_channels
+                            additions += np.int64(starts[row + iw + 1] - starts[row + iw])
+                            runs += 1
+            _outputs_from_runs(weight, bias, out_channels, events, values, runs_at, taps, runs,
+                               out, (oh * out_w + ow) * out_channels)
+    return additions * out_channels
+
+
+@njit(cache=True)
+def conv_grouped(x, channels, height, width, weight, bias, out_channels, kh, kw, sh, sw, ph,
+                 pw, dh, dw, group, out_h, out_w, acc, out):
+    """2-D convolution of one channels-last sample with groups, by scattering each nonzero
+    input's weights into an accumulator (slower than :func:`conv_events`, any geometry).
+
+    ``weight`` is (C*KH*KW*O/group,) as [c, kh, kw, o within the group of c]; ``acc`` a
+    scratch of Ho*Wo*O. Every output adds its terms in the same order as conv_events.
+    """
+    per_group = out_channels // group
+    in_per_group = channels // group
+    size = out_h * out_w * out_channels
+    acc[:size] = 0
+    targets = 0
+    for ih in range(height):
+        for iw in range(width):
+            pixel = ih * width + iw
+            for c in range(channels):
+                value = x[pixel * channels + c]
+                if value == 0:
+                    continue
+                o0 = (c // in_per_group) * per_group
+                for a in range(kh):
+                    y = ih + ph - a * dh
+                    if y < 0:
+                        break
+                    if y % sh or y // sh >= out_h:
+                        continue
+                    for b in range(kw):
+                        z = iw + pw - b * dw
+                        if z < 0:
+                            break
+                        if z % sw or z // sw >= out_w:
+                            continue
+                        target = ((y // sh) * out_w + z // sw) * out_channels + o0
+                        row = ((c * kh + a) * kw + b) * per_group
+                        for o in range(per_group):
+                            acc[target + o] += value * weight[row + o]
+                        targets += 1
+    for p in range(out_h * out_w):
+        for o in range(out_channels):
+            out[p * out_channels + o] = acc[p * out_channels + o] + bias[o]
+    return targets * per_group
+
+
+@njit(cache=True, parallel=True)
+def conv_batch(x, channels, height, width, weight, bias, out_channels, kh, kw, sh, sw, ph, pw,
+               dh, dw, group, out_h, out_w, blocks, out):
+    """:func:`conv_events` (or :func:`conv_grouped`) on every sample of a batch.
+
+    ``x`` is (B, H*W*C) and ``out`` (B, Ho*Wo*O), channels-last. Samples are split into
+    ``blocks`` contiguous blocks, each with its own scratch (allocated once per call), so
+    the result does not depend on the number of threads. Returns the additions per sample.
+    """
+    batch = x.shape[0]
+    additions = np.zeros(batch, dtype=np.int64)
+    for block in prange(blocks):
+        events = np.empty(channels * height * width, dtype=np.int64)
+        values = np.empty(channels * height * width, dtype=np.float32)
+        starts = np.empty(height * width + 1, dtype=np.uint64)
+        runs_at = np.empty(2 * kh * kw, dtype=np.uint64)
+        taps = np.empty(kh * kw, dtype=np.int64)
+        acc = np.empty(out_h * out_w * out_channels if group > 1 else 1, dtype=np.float32)
+        for n in range(block * batch // blocks, (block + 1) * batch // blocks):
+            if group == 1:
+                additions[n] = conv_events(x[n], channels, height, width, weight, bias,
+                                           out_channels, kh, kw, sh, sw, ph, pw, dh, dw, out_h,
+                                           out_w, events, values, starts, runs_at, taps, out[n])
+            else:
+                additions[n] = conv_grouped(x[n], channels, height, width, weight, bias,
+                                            out_channels, kh, kw, sh, sw, ph, pw, dh, dw, group,
+                                            out_h, out_w, acc, out[n])
+    return additions
+
+
+@njit(cache=True)
+def gemm_events(x, rows, n_in, weight, bias, n_out, events, values, runs_at, taps, out):
+    """``x @ weight + bias`` for one sample (``rows`` rows of ``n_in``), nonzero inputs only.
+
+    ``weight`` is the (IN, OUT) matrix, row-major. Returns the additions done.
+    """
+    additions = 0
+    taps[0] = 0
+    for r in range(rows):
+        count = 0
+        for i in range(n_in):
+            value = x[r * n_in + i]
+            events[count] = i * n_out
+            values[count] = value
+            count += value != 0
+        runs_at[0] = 0
+        runs_at[1] = count
+        additions += count
+        _outputs_from_runs(weight, bias, n_out, events, values, runs_at, taps, 1, out,
+                           r * n_out)
+    return additions * n_out
+
+
+@njit(cache=True)
+def affine(x, scale, shift, out):
+    """``x * scale + shift`` with both already broadcast to the sample."""
+    for i in range(out.size):
+        out[i] = x[i] * scale[i] + shift[i]
+
+
+@njit(cache=True)
+def add(a, b, out):
+    """``a + b``, same shapes."""
+    for i in range(out.size):
+        out[i] = a[i] + b[i]
+
+
+@njit(cache=True)
+def add_broadcast(a, b, a_index, b_index, out):
+    """``out[i] = a[a_index[i]] + b[b_index[i]]``: numpy broadcasting as index maps."""
+    for i in range(out.size):
+        out[i] = a[a_index[i]] + b[b_index[i]]
+
+
+@njit(cache=True)
+def gather(x, index, out):
+    """``out[i] = x[index[i]]`` (reshape between layouts)."""
+    for i in range(out.size):
+        out[i] = x[index[i]]
+
+
+@njit(cache=True)
+def avgpool(x, channels, height, width, kh, kw, sh, sw, ph, pw, out_h, out_w, divisor, out):
+    """2-D average pool of one channels-last sample; ``divisor`` (Ho*Wo,) per window.
+
+    Each window is summed in kernel order from its first cell, padding counting as 0, then
+    divided: the same float32 operations as :func:`snncompiler.runtime.linear.avgpool2d`.
+    """
+    for oh in range(out_h):
+        for ow in range(out_w):
+            base = (oh * out_w + ow) * channels
+            total = out[base:base + channels]
+            total[:] = 0
+            for a in range(kh):
+                ih = oh * sh - ph + a
+                if ih < 0 or ih >= height:
+                    continue
+                for b in range(kw):
+                    iw = ow * sw - pw + b
+                    if 0 <= iw < width:
+                        cell = x[(ih * width + iw) * channels:(ih * width + iw + 1) * channels]
+                        for c in range(channels):
+                            total[c] += cell[c]
+            d = divisor[oh * out_w + ow]
+            for c in range(channels):
+                total[c] = total[c] / d
+
+
+@njit(cache=True)
+def global_avgpool(x, channels, size, channels_last, out):
+    """Mean over every axis after the channel axis, summed in order in float32."""
+    out[:channels] = 0
+    if channels_last:
+        for p in range(size):
+            for c in range(channels):
+                out[c] += x[p * channels + c]
+    else:
+        for c in range(channels):
+            for p in range(size):
+                out[c] += x[c * size + p]
+    for c in range(channels):
+        out[c] = out[c] / np.float32(size)
+
+
+# --------------------------------------------------------------------------- stateful ops
+
+
+@njit(cache=True)
+def maxpool_step(x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w,
+                 running, pooled, best, out):
+    """One step of the exact signed max-pool tracker for one channels-last sample.
+
+    ``running`` (H*W*C, float64) is the running input, ``pooled`` (Ho*Wo*C, float64) its
+    max pool after the previous step, ``best`` a float64 scratch of C; emits the change of
+    the max pool (see pooling.py).
+    """
+    for i in range(x.size):
+        running[i] += x[i]
+    cells = running.reshape((height * width, channels))
+    pooled2 = pooled.reshape((out_h * out_w, channels))
+    out2 = out.reshape((out_h * out_w, channels))
+    top = best[:channels]
+    for oh in range(out_h):
+        for ow in range(out_w):
+            first = True
+            for a in range(kh):
+                ih = oh * sh - ph + a * dh
+                if ih < 0 or ih >= height:
+                    continue
+                for b in range(kw):
+                    iw = ow * sw - pw + b * dw
+                    if iw < 0 or iw >= width:
+                        continue
+                    q = ih * width + iw
+                    if first:
+                        for c in range(channels):
+                            top[c] = cells[q, c]
+                        first = False
+                    else:
+                        for c in range(channels):
+                            value = cells[q, c]
+                            top[c] = value if value > top[c] else top[c]
+            o = oh * out_w + ow
+            for c in range(channels):
+                out2[o, c] = top[c] - pooled2[o, c]
+                pooled2[o, c] = top[c]
+
+
+@njit(cache=True)
+def maxpool_spikes_step(memory, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw,
+                        out_h, out_w, theta, pooled, cells, out):
+    """The max-pool tracker on the spikes of an SNM layer, from its spike counts.
+
+    The running input of a max pool that reads an SNM layer is ``theta * M``, M the net
+    spike count (``memory``), so its max pool is ``theta * max M`` (theta > 0) and the
+    tracker's output ``theta * (max M - the previous max M)``: integers, exact, with no
+    running sum to keep. This gives the same bits as :func:`maxpool_step` on the spikes
+    while a spike value ``k * theta`` is exact (bursts of at most 2) and counts stay below
+    2**24.
+
+    Args:
+        memory: (H*W*C,) int32 spike counts of the SNM layer, channels-last.
+        theta: (C,) the layer's thresholds.
+        pooled: (Ho*Wo*C,) float32 max count after the previous step, updated in place.
+        cells: int64 scratch of KH*KW (the window's offsets).
+    """
+    vector_channels = channels - channels % 8
+    for oh in range(out_h):
+        for ow in range(out_w):
+            taps = 0
+            for a in range(kh):
+                ih = oh * sh - ph + a * dh
+                if 0 <= ih < height:
+                    for b in range(kw):
+                        iw = ow * sw - pw + b * dw
+                        if 0 <= iw < width:
+                            cells[taps] = (ih * width + iw) * channels
+                            taps += 1
+            base = (oh * out_w + ow) * channels
+            for c in range(0, vector_channels, 8):
+                best = load8_float(memory, cells[0] + c)
+                for k in range(1, taps):
+                    best = max8(best, load8_float(memory, cells[k] + c))
+                store8(out, base + c, mul8(sub8(best, load8(pooled, base + c)), theta, c))
+                store8(pooled, base + c, best)
+            for c in range(vector_channels, channels):
+                top = memory[cells[0] + c]
+                for k in range(1, taps):
+                    top = max(top, memory[cells[k] + c])
+                out[base + c] = (np.float32(top) - pooled[base + c]) * theta[c]
+                pooled[base + c] = np.float32(top)
+
+
+@njit(cache=True)
+def snm_step(z, theta, theta_neg_code, max_spikes, membrane, memory, out):
+    """One step of SNM neurons for one sample (equations in neurons.py).
+
+    Args:
+        z: Input current, flat.
+        theta: The threshold of every neuron (its channel's).
+        membrane: float32, memory: int32, both like ``z``, updated in place.
+        out: Receives the weighted spikes.
+
+    Returns:
+        The number of spikes sent (a burst of k counts k).
+    """
+    n = z.size
+    # The input is added in a loop of its own: LLVM vectorises a loop only when it can
+    # check at run time that its arrays do not overlap, and it gives up beyond a few.
+    for i in range(n):
+        membrane[i] += z[i]
+    allow_negative = theta_neg_code != 2
+    spikes = 0
+    if max_spikes == 1:
+        # The one-spike neuron as selects, so that the loop vectorises; the spike value is
+        # a float (numba widens int32 arithmetic to int64, which halves the vector width)
+        # and the spikes are counted in a loop of their own (no reduction in this one).
+        neg_scale = np.float32(0.0) if theta_neg_code == 0 else np.float32(-1.0)
+        for i in range(n):
+            th = theta[i]
+            v = membrane[i]
+            sent = np.float32(1.0) if v >= th else (
+                np.float32(-1.0) if allow_negative and v < th * neg_scale and memory[i] > 0
+                else np.float32(0.0))
+            membrane[i] = v - sent * th
+            memory[i] += np.int32(sent)
+            out[i] = sent * th
+        for i in range(n):
+            spikes += out[i] != 0
+        return spikes
+    for i in range(n):
+        th = theta[i]
+        neg = np.float32(0.0) if theta_neg_code == 0 else -th
+        v = membrane[i]
+        m = memory[i]
+        sent = 0
+        while sent < max_spikes and v >= th:
+            v -= th
+            sent += 1
+        if sent == 0 and allow_negative:
+            while sent > -max_spikes and v < neg and m + sent > 0:
+                v += th
+                sent -= 1
+        membrane[i] = v
+        memory[i] = m + sent
+        out[i] = sent * th
+        spikes += abs(sent)
+    return spikes
+
+
+# --------------------------------------------------------------------------- executor
+
+
+@njit(cache=True, inline="always")
+def _source(space, offset, size, arena, static_row):
+    if space == 0:
+        return arena[offset:offset + size]
+    return static_row[offset:offset + size]
+
+
+@njit(cache=True, inline="always")
+def _execute(op, arena, static_row, params, index, fstate, istate, dstate, acc, events,
+             values, starts, runs_at, taps, best, param_row, elapsed, readout_row,
+             record_row):
+    """Runs one op row for one sample and step; returns its additions or spikes (or 0)."""
+    code = op[OPCODE]
+    size = op[SIZE]
+    out = arena[op[OUT]:op[OUT] + size]
+    p = op[P:]
+    if code == CONV or code == CONV_GROUPED:
+        # p: C, H, W, O, KH, KW, sh, sw, ph, pw, dh, dw, group, Ho, Wo, weight, bias
+        channels, height, width, out_channels = p[0], p[1], p[2], p[3]
+        x = _source(op[IN0_SPACE], op[IN0], channels * height * width, arena, static_row)
+        weight = params[p[15]:p[15] + channels * p[4] * p[5] * out_channels // p[12]]
+        bias = params[p[16]:p[16] + out_channels]
+        if code == CONV:
+            return conv_events(x, channels, height, width, weight, bias, out_channels, p[4],
+                               p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[13], p[14],
+                               events, values, starts, runs_at, taps, out)
+        return conv_grouped(x, channels, height, width, weight, bias, out_channels, p[4],
+                            p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14],
+                            acc, out)
+    if code == GEMM:
+        # p: rows, IN, OUT, weight, bias
+        rows, n_in, n_out = p[0], p[1], p[2]
+        x = _source(op[IN0_SPACE], op[IN0], rows * n_in, arena, static_row)
+        return gemm_events(x, rows, n_in, params[p[3]:p[3] + n_in * n_out],
+                           params[p[4]:p[4] + n_out], n_out, events, values, runs_at, taps,
+                           out)
+    if code == SNM:
+        # p: theta (one row of every neuron's per calibrated T), theta_neg code,
+        # max spikes, membrane, memory
+        z = _source(op[IN0_SPACE], op[IN0], size, arena, static_row)
+        theta = params[p[0] + param_row * size:p[0] + (param_row + 1) * size]
+        return snm_step(z, theta, p[1], p[2], fstate[p[3]:p[3] + size],
+                        istate[p[4]:p[4] + size], out)
+    if code == MAXPOOL:
+        # p: C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, Ho, Wo, running, pooled
+        channels, height, width = p[0], p[1], p[2]
+        x = _source(op[IN0_SPACE], op[IN0], channels * height * width, arena, static_row)
+        maxpool_step(x, channels, height, width, p[3], p[4], p[5], p[6], p[7], p[8], p[9],
+                     p[10], p[11], p[12], dstate[p[13]:p[13] + x.size],
+                     dstate[p[14]:p[14] + size], best, out)
+        return 0
+    if code == MAXPOOL_SPIKES:
+        # p: C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, Ho, Wo, spike counts (istate),
+        # pooled counts (fstate), theta (rows, C)
+        channels, height, width = p[0], p[1], p[2]
+        theta = params[p[15] + param_row * channels:p[15] + (param_row + 1) * channels]
+        maxpool_spikes_step(istate[p[13]:p[13] + channels * height * width], channels, height,
+                            width, p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
+                            p[12], theta, fstate[p[14]:p[14] + size], taps, out)
+        return 0
+    if code == ADD:
+        # p: size of a, size of b, index maps (-1: same shapes)
+        a = _source(op[IN0_SPACE], op[IN0], p[0], arena, static_row)
+        b = _source(op[IN1_SPACE], op[IN1], p[1], arena, static_row)
+        if p[2] < 0:
+            add(a, b, out)
+        else:
+            add_broadcast(a, b, index[p[2]:p[2] + size], index[p[2] + size:p[2] + 2 * size],
+                          out)
+        return 0
+    if code == AFFINE:
+        # p: scale, shift (broadcast to the sample)
+        x = _source(op[IN0_SPACE], op[IN0], size, arena, static_row)
+        affine(x, params[p[0]:p[0] + size], params[p[1]:p[1] + size], out)
+        return 0
+    if code == AVGPOOL:
+        # p: C, H, W, KH, KW, sh, sw, ph, pw, Ho, Wo, divisor
+        channels, height, width = p[0], p[1], p[2]
+        x = _source(op[IN0_SPACE], op[IN0], channels * height * width, arena, static_row)
+        avgpool(x, channels, height, width, p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10],
+                params[p[11]:p[11] + p[9] * p[10]], out)
+        return 0
+    if code == GLOBAL_AVGPOOL:
+        # p: C, S, channels last
+        x = _source(op[IN0_SPACE], op[IN0], p[0] * p[1], arena, static_row)
+        global_avgpool(x, p[0], p[1], p[2] != 0, out)
+        return 0
+    if code == GATHER:
+        # p: input size, index map
+        x = _source(op[IN0_SPACE], op[IN0], p[0], arena, static_row)
+        gather(x, index[p[1]:p[1] + size], out)
+        return 0
+    if code == READOUT:
+        # p: running sums (dstate), column. The running sum of a graph output (float64,
+        # in step order) and its mean so far.
+        x = _source(op[IN0_SPACE], op[IN0], size, arena, static_row)
+        sums = dstate[p[0]:p[0] + size]
+        for i in range(size):
+            sums[i] += x[i]
+            readout_row[p[1] + i] = sums[i] / elapsed
+        return 0
+    if code == RECORD:
+        # p: column
+        x = _source(op[IN0_SPACE], op[IN0], size, arena, static_row)
+        record_row[p[0]:p[0] + size] = x
+        return 0
+    return 0
+
+
+@njit(cache=True, parallel=True)
+def run_steps(ops, params, index, static, fstate, istate, dstate, param_row, t0, readout,
+              record, arena, acc, events, values, starts, runs_at, taps, best, counts):
+    """Runs every op of ``ops`` for ``readout.shape[0]`` steps on every sample.
+
+    Samples are split into ``arena.shape[0]`` contiguous blocks; each block owns its scratch
+    rows and the state rows of its samples, so blocks are independent and the result does
+    not depend on how many threads run them.
+
+    Args:
+        static: (N, S) static rows; fstate, istate, dstate: (N, ...) state rows.
+        param_row: Which calibrated row of the neuron parameters to use.
+        t0: Steps simulated before this call (the readout divides by t0 + t + 1).
+        readout: (Tc, N, R) receives the readout of every graph output after every step.
+        record: (Tc, N, Q) receives the ops' outputs when ``ops`` holds RECORD rows.
+        arena, acc, events, values, starts, runs_at, taps, best: (blocks, ...) scratch.
+        counts: (N, n_ops) int64; each op adds what it counts: additions done by ``conv``
+            and ``gemm``, spikes sent by ``snm``.
+    """
+    steps, batch = readout.shape[0], readout.shape[1]
+    blocks = arena.shape[0]
+    for block in prange(blocks):
+        start = block * batch // blocks
+        stop = (block + 1) * batch // blocks
+        for n in range(start, stop):
+            for t in range(steps):
+                elapsed = np.float64(t0 + t + 1)
+                for k in range(ops.shape[0]):
+                    counts[n, k] += _execute(
+                        ops[k], arena[block], static[n], params, index, fstate[n], istate[n],
+                        dstate[n], acc[block], events[block], values[block], starts[block],
+                        runs_at[block], taps[block], best[block], param_row, elapsed,
+                        readout[t, n], record[t, n])

@@ -1,0 +1,164 @@
+"""SNM variants for other piecewise-linear activations: ReLU6/Clip and LeakyReLU/PReLU.
+
+A Signed Neuron with Memory sends, in net, ``theta * M`` where the spike count ``M``
+follows ``floor((v0 + A) / theta)`` of the integrated input ``A(t) = z(1) + ... + z(t)``,
+clipped at 0: the running output tracks ``relu(A)``. The same neuron converts any
+activation ``f`` that is positively homogeneous, ``f(t * a) = t * f(a)``, by tracking
+``f_t(A)`` instead, where ``f_t`` is ``f`` with its bounds grown to ``t`` times their size
+(DNISNM doc, "The same idea generalises")::
+
+    f_t(A) = min(max(A, 0) + slope * min(A, 0), upper * t)
+
+    snm_clip   slope = 0, upper = the clip bound      (ReLU6 = Clip(0, 6); a Clip with
+                                                       other bounds is shifted to this
+                                                       form by the compiler)
+    snm_leaky  slope = the negative slope per channel (LeakyRelu, PRelu), upper = inf
+
+For a constant input ``a`` the running output after T steps is then
+``theta * floor((v0 + T * f(a)) / theta)``, the ReLU neuron's quantisation of ``f(a)``.
+
+Step, per neuron, with ``S`` the running input sum, ``M`` the net spike count and
+``k = max_spikes_per_step``::
+
+    S += z(t);   V = v0 + f_t(S) - theta * M          (the membrane SNM would have)
+    repeat up to k times:
+        if V >= theta:                     s = +theta
+        elif V < theta_neg:                s = -theta   (never when theta_neg is "off")
+        else:                              stop
+        V -= s;  M += s / theta
+    emit the sum of the s of this step
+
+``theta_neg`` is 0 (``"zero"``) or ``-theta`` (``"minus_theta"``, a hysteresis band), as
+for SNM. Since ``f_t >= 0`` for the clip neuron, its ``M`` never goes below 0 (no "M > 0"
+test is needed); the leaky neuron's ``M`` goes negative with its input, so it needs
+negative spikes and has no ``"off"``. ``S`` is kept in float64 so that the bound
+``upper * t`` and the comparison stay exact over long runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+THETA_NEG_CODES = {"zero": 0, "minus_theta": 1, "off": 2}
+
+
+def tracked_value(running, slope, upper, t):
+    """``f_t(S)``: the activation of the running input, its bound grown to ``upper * t``."""
+    running = np.asarray(running, dtype=np.float64)
+    value = np.maximum(running, 0) + slope * np.minimum(running, 0)
+    return np.minimum(value, upper * t)
+
+
+def tracking_step_reference(z, running, memory, t, theta, v0, slope, upper, theta_neg: str,
+                            max_spikes: int = 1):
+    """One step of the tracking neuron on numpy arrays: the readable definition.
+
+    Args:
+        z: Input current at step ``t`` (1-based), any shape.
+        running: Running input sum before this step (not modified).
+        memory: Net spike count so far, integer (not modified).
+        t: The number of this step, 1 for the first.
+        theta, v0, slope, upper: Broadcastable to ``z``; ``upper`` may be ``inf``.
+        theta_neg: ``"zero"``, ``"minus_theta"`` or ``"off"``.
+        max_spikes: Most spikes per step.
+
+    Returns:
+        ``(spikes, running, memory)`` after the step; spikes carry their value (+-theta).
+    """
+    running = running + np.asarray(z, dtype=np.float64)
+    theta = np.broadcast_to(np.asarray(theta, dtype=np.float64), running.shape)
+    v = v0 + tracked_value(running, slope, upper, t) - theta * memory
+    neg = np.zeros_like(v) if theta_neg == "zero" else -theta
+    count = np.zeros(running.shape, dtype=np.int64)
+    for _ in range(max_spikes):
+        up = (v >= theta) & (count >= 0)
+        down = ~up & (v < neg) & (count <= 0) & (theta_neg != "off")
+        v = v - theta * up + theta * down
+        count = count + up - down
+    return count * theta, running, memory + count
+
+
+@njit(cache=True, parallel=True)
+def tracking_scan(current, static_input, theta, v0, slope, upper, theta_neg_code, max_spikes,
+                  t0, running, memory, out):
+    """Runs tracking neurons over ``out.shape[0]`` steps (one time chunk).
+
+    Args:
+        current: (Tc, N, C, S) input currents, or (1, N, C, S) when ``static_input``.
+        static_input: The same current is applied at every step (direct coding).
+        theta, v0, slope, upper: (C,) float64 per-channel parameters (``upper`` may be inf).
+        theta_neg_code: 0 zero, 1 minus_theta, 2 off (see THETA_NEG_CODES).
+        max_spikes: Most spikes per neuron and step.
+        t0: Steps simulated before this chunk.
+        running: (N, C, S) float64 running input sums, updated in place.
+        memory: (N, C, S) int32 net spike counts, updated in place.
+        out: (Tc, N, C, S) float32, receives the weighted spikes.
+    """
+    steps = out.shape[0]
+    batch, channels, size = running.shape
+    # Batch items are independent: each thread owns whole rows of the state, so the result
+    # does not depend on the number of threads.
+    for n in prange(batch):
+        for c in range(channels):
+            th = theta[c]
+            neg = 0.0 if theta_neg_code == 0 else -th
+            for s in range(size):
+                a = running[n, c, s]
+                m = memory[n, c, s]
+                for t in range(steps):
+                    a += current[0 if static_input else t, n, c, s]
+                    value = a if a >= 0.0 else slope[c] * a
+                    value = min(value, upper[c] * (t0 + t + 1))
+                    v = v0[c] + value - th * m
+                    sent = 0
+                    while sent < max_spikes and v >= th:
+                        v -= th
+                        sent += 1
+                    if sent == 0 and theta_neg_code != 2:
+                        while sent > -max_spikes and v < neg:
+                            v += th
+                            sent -= 1
+                    m += sent
+                    out[t, n, c, s] = sent * th
+                running[n, c, s] = a
+                memory[n, c, s] = m
+
+
+# --------------------------------------------------------------------------- executors
+
+
+def _run_tracking(node, inputs, state, engine, slope, upper):
+    x = inputs[0]
+    row = engine.parameter_row
+    theta = node.arrays["theta"][row].astype(np.float64)
+    v0 = node.arrays["v0"][row].astype(np.float64)
+    data = x.data if x.dynamic else x.data[None]
+    steps = data.shape[0] if x.dynamic else engine.chunk_steps
+    batch = data.shape[1]
+    channels = node.shape[0] if node.shape else 1
+    current = np.ascontiguousarray(data, dtype=np.float32).reshape(
+        data.shape[0], batch, channels, -1)
+    if "running" not in state:
+        state["running"] = np.zeros((batch, channels, current.shape[3]), dtype=np.float64)
+        state["memory"] = np.zeros((batch, channels, current.shape[3]), dtype=np.int32)
+        state["steps"] = 0
+    out = np.empty((steps, batch, channels, current.shape[3]), dtype=np.float32)
+    tracking_scan(current, not x.dynamic, theta, v0, slope, upper,
+                  THETA_NEG_CODES[node.attrs["theta_neg"]], node.attrs["max_spikes_per_step"],
+                  state["steps"], state["running"], state["memory"], out)
+    state["steps"] += steps
+    return type(x)(out.reshape(steps, batch, *node.shape), True)
+
+
+def run_snm_clip(node, inputs, state, engine):
+    """``snm_clip``: tracks ``clip(A, 0, upper * t)``."""
+    channels = node.shape[0] if node.shape else 1
+    return _run_tracking(node, inputs, state, engine, np.zeros(channels),
+                         np.full(channels, float(node.attrs["upper"])))
+
+
+def run_snm_leaky(node, inputs, state, engine):
+    """``snm_leaky``: tracks ``max(A, 0) + slope * min(A, 0)``, slope per channel."""
+    slope = node.arrays["slope"].astype(np.float64)
+    return _run_tracking(node, inputs, state, engine, slope, np.full(slope.shape, np.inf))

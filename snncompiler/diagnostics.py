@@ -1,0 +1,182 @@
+"""Per-layer diagnostics: where a converted network loses accuracy (``snnc eval --layers``).
+
+For every neuron layer and every requested T, from a run with the parameters calibrated for
+that T:
+
+- ``firing_rate``: spikes per neuron per step, ``sum_t |s(t)| / theta / (neurons * T)``
+  (a negative spike counts as one spike, a burst of k as k);
+- with the ANN: the SNN's rate ``r = sum_t s(t) / T`` (what the next layer integrates, in
+  the activation's units) against the ANN's activation ``y`` (the output of the Relu the
+  neuron replaced, from onnxruntime with those outputs exposed), over every neuron of every
+  image: ``mean_abs_error = E|r - y|``, ``relative_error = E|r - y| / E|y|`` and
+  ``bias = E[r - y]``.
+
+The relative error of a healthy conversion shrinks about as 1/T and grows slowly with depth;
+a layer whose error jumps above its predecessor's is where accuracy is lost (a threshold
+that clips too much, a max-pool of noisy inputs, a bias the second stage did not remove).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from snncompiler.errors import InputError
+from snncompiler.runtime.engine import SpikingNetwork, nearest_calibrated
+
+
+@dataclass
+class LayerDiagnostics:
+    """One neuron layer's numbers, one entry per T of ``timesteps``.
+
+    Error fields are None when no ANN was given or the ANN has no tensor of this name.
+    """
+
+    node: str
+    tensor: str
+    neurons: int
+    timesteps: list[int]
+    firing_rate: list[float]
+    mean_abs_error: list[float] | None = None
+    relative_error: list[float] | None = None
+    bias: list[float] | None = None
+    ann_mean: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def ann_activations(model: onnx.ModelProto, names: Sequence[str]) -> Callable:
+    """A function ``x -> {name: activation}`` running ``model`` in onnxruntime.
+
+    The named tensors (those of ``names`` that some node of the model produces) become extra
+    graph outputs of a copy of the model; the model given is not modified.
+    """
+    from snncompiler import frontend
+
+    produced = {out for node in model.graph.node for out in node.output}
+    wanted = [n for n in dict.fromkeys(names) if n in produced]
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    for name in wanted:
+        if name not in present:
+            copy.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = frontend.ort_session(copy)
+    feed_name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(wanted, session.run(wanted, {feed_name: x}))) if wanted else {}
+
+    return run
+
+
+def layer_diagnostics(
+    net: SpikingNetwork,
+    x: np.ndarray,
+    timesteps: Sequence[int],
+    *,
+    ann: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+    batch_size: int = 128,
+) -> list[LayerDiagnostics]:
+    """Firing rate and SNN-versus-ANN error of every neuron layer at every T.
+
+    Args:
+        net: The spiking network (single input).
+        x: Inputs ``(N, ...)``, preprocessed.
+        timesteps: The T values to report; each runs with its own calibrated parameters.
+        ann: Optional ``x -> {tensor name: ANN activation}`` (see :func:`ann_activations`);
+            a neuron layer is compared with the ANN tensor of its output's name.
+        batch_size: Images simulated at once.
+
+    Returns:
+        One entry per neuron layer, in the program's (topological) order.
+    """
+    program = net.program
+    if len(program.inputs) != 1:
+        raise InputError("layer diagnostics support networks with one input")
+    if len(x) == 0 or batch_size < 1:
+        raise InputError("layer diagnostics need at least one image and a positive batch size")
+    steps = sorted(set(int(t) for t in timesteps))
+    if not steps or steps[0] < 1:
+        raise InputError(f"timesteps must be positive integers, got {list(timesteps)}")
+    neurons = program.neuron_nodes()
+    by_name = {n.name: n for n in neurons}
+    size = {n.name: int(np.prod(n.shape)) for n in neurons}
+    spikes = np.zeros((len(neurons), len(steps)))
+    abs_err = np.zeros_like(spikes)
+    signed = np.zeros_like(spikes)
+    ann_abs = np.zeros(len(neurons))
+    compared = np.zeros(len(neurons), dtype=bool)
+    index = {n.name: i for i, n in enumerate(neurons)}
+
+    for first in range(0, len(x), batch_size):
+        batch = np.asarray(x[first:first + batch_size])
+        reference = ann(batch) if ann is not None else {}
+        for n in neurons:
+            if n.output in reference:
+                compared[index[n.name]] = True
+                ann_abs[index[n.name]] += np.abs(reference[n.output]).sum(dtype=np.float64)
+        for j, t in enumerate(steps):
+            totals: dict[str, np.ndarray] = {}
+            row = nearest_calibrated(program.timesteps, t)
+
+            def observe(node, value, t0, totals=totals, row=row, j=j):
+                if node.name not in by_name:
+                    return
+                data = value.data if value.dynamic else value.data[None]
+                theta = node.arrays["theta"][row].reshape((1, 1, -1) + (1,) * (data.ndim - 3))
+                totals[node.name] = totals.get(node.name, 0.0) + data.sum(axis=0,
+                                                                         dtype=np.float64)
+                spikes[index[node.name], j] += (np.abs(data) / theta).sum(dtype=np.float64)
+
+            net.run(batch, t, parameters_for=t, observer=observe)
+            for name, total in totals.items():
+                i = index[name]
+                tensor = by_name[name].output
+                if tensor in reference:
+                    diff = total / t - reference[tensor].reshape(total.shape)
+                    abs_err[i, j] += np.abs(diff).sum()
+                    signed[i, j] += diff.sum()
+
+    results = []
+    for i, n in enumerate(neurons):
+        count = len(x) * size[n.name]
+        item = LayerDiagnostics(
+            node=n.name, tensor=n.output, neurons=size[n.name], timesteps=steps,
+            firing_rate=[float(v) for v in spikes[i] / (count * np.asarray(steps))])
+        if compared[i]:
+            mean_ann = ann_abs[i] / count
+            item.mean_abs_error = [float(v) for v in abs_err[i] / count]
+            item.relative_error = [float(v / count / max(mean_ann, 1e-12)) for v in abs_err[i]]
+            item.bias = [float(v) for v in signed[i] / count]
+            item.ann_mean = float(mean_ann)
+        results.append(item)
+    return results
+
+
+def format_layers(layers: list[LayerDiagnostics]) -> str:
+    """A plain-text table: one row per layer and T."""
+    header = ["layer", "neurons", "T", "rate", "|SNN-ANN|", "relative", "bias"]
+    rows = []
+    for layer in layers:
+        for j, t in enumerate(layer.timesteps):
+            has_ann = layer.mean_abs_error is not None
+            rows.append([
+                layer.node if j == 0 else "", str(layer.neurons) if j == 0 else "", str(t),
+                f"{layer.firing_rate[j]:.4f}",
+                f"{layer.mean_abs_error[j]:.4g}" if has_ann else "-",
+                f"{100 * layer.relative_error[j]:.2f}%" if has_ann else "-",
+                f"{layer.bias[j]:+.3g}" if has_ann else "-",
+            ])
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in
+                       enumerate(zip(row, widths))) for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("rate: spikes per neuron per step; |SNN-ANN|: mean |cumulative output / T - "
+                 "ANN activation|; relative: that over the ANN's mean |activation|")
+    return "\n".join(lines)

@@ -1,0 +1,186 @@
+"""The fused executor against the node executor, on programs that use every fused op."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from snncompiler.runtime import InputError, Node, Program, SpikingNetwork, TensorSpec
+from tests.runtime.programs import conv_snm_pool_gemm, residual
+
+
+def conv(name, src, dst, rng, c_in, c_out, shape, stride=1, pad=1, kernel=3):
+    return Node(name, "conv", (src,), dst,
+                {"strides": [stride, stride], "pads": [pad] * 4, "dilations": [1, 1],
+                 "group": 1},
+                {"weight": rng.normal(0, 0.4, (c_out, c_in, kernel, kernel)).astype(np.float32),
+                 "bias": rng.normal(0, 0.1, c_out).astype(np.float32)}, shape)
+
+
+def every_fused_op(seed=0) -> Program:
+    """x (2, 9, 9) -> conv -> SNM -> maxpool 3/2 pad 1 -> conv (stride 2) -> affine
+    -> add (a static (10, 1, 1) branch, broadcast) -> [output "map"]
+    -> avgpool -> flatten -> gemm [output "y"]; and global avg pool [output "g"].
+
+    One neuron layer only, fed by the static segment: both executors then see the same
+    spikes, and everything after them is linear (or the exact max-pool tracker), so the
+    executors agree to float rounding.
+    """
+    rng = np.random.default_rng(seed)
+    theta = rng.uniform(0.4, 1.2, size=(2, 12)).astype(np.float32)
+    nodes = [
+        conv("c1", "x", "a", rng, 2, 12, (12, 9, 9)),
+        Node("n1", "snm", ("a",), "s", {"theta_neg": "zero", "max_spikes_per_step": 1},
+             {"theta": theta, "v0": theta / 2}, (12, 9, 9)),
+        Node("pool", "maxpool", ("s",), "p",
+             {"kernel": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 0,
+              "dilations": [1, 1]}, {}, (12, 5, 5)),
+        conv("c2", "p", "b", rng, 12, 10, (10, 3, 3), stride=2),
+        Node("bn", "affine", ("b",), "bn_out", {},
+             {"scale": rng.uniform(0.5, 1.5, (10, 1, 1)).astype(np.float32),
+              "shift": rng.normal(0, 0.1, (10, 1, 1)).astype(np.float32)}, (10, 3, 3)),
+        Node("gx", "global_avgpool", ("x",), "xg", {}, {}, (2, 1, 1)),
+        Node("side", "conv", ("xg",), "side_out",
+             {"strides": [1, 1], "pads": [0] * 4, "dilations": [1, 1], "group": 1},
+             {"weight": rng.normal(0, 0.5, (10, 2, 1, 1)).astype(np.float32),
+              "bias": np.zeros(10, np.float32)}, (10, 1, 1)),
+        Node("add", "add", ("bn_out", "side_out"), "map", {}, {}, (10, 3, 3)),
+        Node("avg", "avgpool", ("map",), "m2",
+             {"kernel": [2, 2], "strides": [1, 1], "pads": [0, 0, 0, 0], "ceil_mode": 0,
+              "count_include_pad": 0}, {}, (10, 2, 2)),
+        Node("flat", "reshape", ("m2",), "f", {"shape": [40]}, {}, (40,)),
+        Node("fc", "gemm", ("f",), "y", {},
+             {"weight": rng.normal(0, 0.3, (40, 7)).astype(np.float32),
+              "bias": rng.normal(0, 0.1, 7).astype(np.float32)}, (7,)),
+        Node("gap", "global_avgpool", ("map",), "g", {}, {}, (10, 1, 1)),
+    ]
+    return Program([TensorSpec("x", (2, 9, 9))],
+                   [TensorSpec("y", (7,)), TensorSpec("map", (10, 3, 3)),
+                    TensorSpec("g", (10, 1, 1))], nodes, [16, 4], 16)
+
+
+def inputs(shape, seed=1, batch=5):
+    return np.random.default_rng(seed).normal(size=(batch, *shape)).astype(np.float32)
+
+
+def test_the_fused_executor_is_chosen_when_every_dynamic_op_has_a_kernel():
+    assert SpikingNetwork(every_fused_op()).executor == "fused"
+    assert SpikingNetwork(every_fused_op(), executor="nodes").executor == "nodes"
+    with pytest.raises(InputError, match="executor"):
+        SpikingNetwork(every_fused_op(), executor="gpu")
+
+
+def test_fused_executor_refuses_a_program_it_cannot_run(monkeypatch):
+    from snncompiler.runtime import fused
+
+    monkeypatch.setattr(fused, "FUSED_OPS", fused.FUSED_OPS - {"gemm"})
+    program = conv_snm_pool_gemm()
+    assert SpikingNetwork(program).executor == "nodes"
+    with pytest.raises(InputError, match="gemm"):
+        SpikingNetwork(program, executor="fused")
+
+
+def test_executors_agree_on_every_fused_op():
+    program = every_fused_op()
+    x = inputs((2, 9, 9))
+    fast = SpikingNetwork(program).run(x, 20, time_chunk=7)
+    slow = SpikingNetwork(program, executor="nodes").run(x, 20)
+    assert set(fast) == {"y", "map", "g"}
+    for name in fast:
+        assert fast[name].shape == slow[name].shape == (20, 5, *program.outputs[
+            [s.name for s in program.outputs].index(name)].shape)
+        np.testing.assert_allclose(fast[name], slow[name], rtol=1e-4, atol=1e-5)
+
+
+def test_the_observer_sees_the_same_values_from_both_executors():
+    program = every_fused_op()
+    x = inputs((2, 9, 9))
+    seen = {"fused": {}, "nodes": {}}
+    for executor, store in seen.items():
+        SpikingNetwork(program, executor=executor).run(
+            x, 9, time_chunk=4,
+            observer=lambda node, value, t0, store=store: store.setdefault(
+                node.name, []).append((t0, value.dynamic, np.array(value.data))))
+    assert seen["fused"].keys() == seen["nodes"].keys()
+    for name, chunks in seen["fused"].items():
+        for (t0, dynamic, data), (t1, dynamic1, data1) in zip(chunks, seen["nodes"][name]):
+            assert (t0, dynamic) == (t1, dynamic1) and data.shape == data1.shape, name
+            np.testing.assert_allclose(data, data1, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("make", [every_fused_op, conv_snm_pool_gemm, residual])
+def test_fused_results_do_not_depend_on_chunks_or_streaming(make):
+    program = make()
+    net = SpikingNetwork(program)
+    x = inputs(program.inputs[0].shape)
+    whole = net.run(x, 11, time_chunk=11)
+    for chunk in (1, 4):
+        again = net.run(x, 11, time_chunk=chunk)
+        for name in (whole if isinstance(whole, dict) else {"": whole}):
+            pair = (whole, again) if name == "" else (whole[name], again[name])
+            np.testing.assert_array_equal(*pair)
+    net.reset()
+    streamed = [net.step(x) for _ in range(11)]
+    if isinstance(whole, dict):
+        for name in whole:
+            np.testing.assert_array_equal(np.stack([s[name] for s in streamed]), whole[name])
+    else:
+        np.testing.assert_array_equal(np.stack(streamed), whole)
+
+
+def test_a_sample_does_not_depend_on_the_rest_of_the_batch():
+    program = residual()
+    x = inputs(program.inputs[0].shape, batch=7)
+    net = SpikingNetwork(program)
+    np.testing.assert_array_equal(net.run(x[2:5], 9), net.run(x, 9)[:, 2:5])
+
+
+def test_counters_agree_between_executors():
+    program = every_fused_op()
+    x = inputs((2, 9, 9))
+    counted = {}
+    for executor in ("fused", "nodes"):
+        net = SpikingNetwork(program, executor=executor)
+        net.run(x, 12)
+        counted[executor] = net.counters()
+    assert set(counted["fused"]) == {"n1", "c2", "fc"}
+    for name, values in counted["fused"].items():
+        np.testing.assert_array_equal(values, counted["nodes"][name], err_msg=name)
+    assert counted["fused"]["n1"].shape == (5,) and counted["fused"]["n1"].sum() > 0
+
+
+def test_a_new_batch_size_needs_a_reset():
+    program = conv_snm_pool_gemm()
+    net = SpikingNetwork(program)
+    net.step(inputs((1, 8, 8), batch=3))
+    with pytest.raises(InputError, match="reset"):
+        net.step(inputs((1, 8, 8), batch=2))
+    net.reset()
+    assert net.step(inputs((1, 8, 8), batch=2)).shape == (2, 5)
+
+
+def test_kernels_give_the_same_bits_without_the_jit(tmp_path):
+    """The kernels run as plain Python under NUMBA_DISABLE_JIT=1 (the SIMD helpers become
+    numpy) and must give the jitted result bit for bit."""
+    program = every_fused_op()
+    x = inputs((2, 9, 9), batch=2)
+    expected = SpikingNetwork(program).run(x, 3)
+    np.savez(tmp_path / "expected.npz", x=x, **expected)
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from tests.runtime.test_fused import every_fused_op
+        from snncompiler.runtime import SpikingNetwork
+        data = np.load({str(tmp_path / "expected.npz")!r})
+        got = SpikingNetwork(every_fused_op()).run(data["x"], 3)
+        for name, value in got.items():
+            np.testing.assert_array_equal(value, data[name])
+        print("same")
+    """)
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=600)
+    assert done.stdout.strip() == "same", done.stdout + done.stderr

@@ -1,0 +1,45 @@
+"""Fuzzing the ``.snn`` reader: a mutated file loads (then validates and runs) or is refused
+with a FormatError (or another SnnError) whose message is one line, and nothing else.
+
+The mutators (bytes, zip entries and directory records, the JSON header, npy headers,
+planted pickles, zip bombs) are those of ``tools/fuzz_campaign.py``, here driven by
+hypothesis with a short budget; the campaign runs them for minutes (docs/results/fuzz.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tools.fuzz_campaign import TARGETS, Layout, run_case
+
+TARGET = TARGETS["snn"]
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    return Layout.create(tmp_path_factory.mktemp("fuzz_snn"))
+
+
+class _Bytes(bytes):
+    def __repr__(self):  # hypothesis prints the fixtures of a failing example
+        return f"<{len(self)} bytes>"
+
+
+@pytest.fixture(scope="module")
+def base():
+    return _Bytes(TARGET.base())
+
+
+def test_the_unmutated_file_loads_and_runs(layout, base):
+    assert run_case(TARGET, base, layout) == "accepted"
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(mutator=st.sampled_from(sorted(TARGET.mutators)), rng=st.randoms(use_true_random=False))
+def test_mutated_snn_loads_cleanly_or_is_refused(layout, base, mutator, rng):
+    data = TARGET.mutators[mutator](rng, base, layout)
+    outcome = run_case(TARGET, data, layout)  # raises on anything else
+    assert outcome.startswith(("accepted", "refused: "))

@@ -1,0 +1,224 @@
+"""Fused-executor kernels against numpy references, one op and one sample at a time.
+
+Event-driven ``conv``/``gemm`` add the same terms as numpy's BLAS products in another order,
+so they agree to float32 rounding: the tolerance below is a few ulps of the largest partial
+sum (|x| |w| summed over the fan-in), ``rtol=1e-5, atol=1e-5`` at these magnitudes.
+Everything else (pools, neurons, the spike-count max pool) does the very same float
+operations as its reference and must match exactly.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snncompiler.runtime import kernels as K
+from snncompiler.runtime import linear
+from snncompiler.runtime.fused import conv_weight_layout, from_storage, to_storage
+from snncompiler.runtime.neurons import THETA_NEG_CODES, snm_step_reference
+
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def spikes(rng, shape, density, theta=0.7):
+    """A ternary spike tensor: 0 or +-theta, nonzero with probability ``density``."""
+    sign = rng.choice([-1.0, 1.0], size=shape, p=[0.2, 0.8])
+    return (sign * theta * (rng.random(shape) < density)).astype(np.float32)
+
+
+def conv_scratch(channels, height, width, kh, kw):
+    return (np.zeros(channels * height * width, np.int64),
+            np.zeros(channels * height * width, np.float32),
+            np.zeros(height * width + 1, np.uint64), np.zeros(2 * kh * kw, np.uint64),
+            np.zeros(kh * kw, np.int64))
+
+
+def run_conv(x, weight, bias, strides, pads, dilations, group, out_hw):
+    """One sample (C, H, W) through the fused conv kernel (events, or grouped scatter)."""
+    channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    out = np.zeros(out_channels * out_hw[0] * out_hw[1], np.float32)
+    args = (to_storage(x, x.shape), channels, height, width, conv_weight_layout(weight, group),
+            bias, out_channels, kh, kw, *strides, pads[0], pads[1], *dilations)
+    if group == 1:
+        additions = K.conv_events(*args, *out_hw, *conv_scratch(channels, height, width, kh,
+                                                                  kw), out)
+    else:
+        acc = np.zeros(out.size, np.float32)
+        additions = K.conv_grouped(*args, group, *out_hw, acc, out)
+    return from_storage(out, (out_channels, *out_hw)), additions
+
+
+CONV_CASES = [
+    # channels, out, kernel, strides, pads, dilations, group, size
+    (3, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, (7, 6)),
+    (5, 40, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1, (6, 6)),     # 40 = 32 + 8
+    (4, 13, (3, 2), (2, 1), (1, 0, 1, 1), (1, 1), 1, (8, 7)),     # 13 = 8 + 5
+    (6, 64, (3, 3), (2, 2), (1, 1, 0, 0), (1, 1), 1, (9, 9)),
+    (3, 9, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1, (7, 7)),      # dilation: taps one by one
+    (4, 6, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, (6, 5)),      # 1x1 projection
+    (4, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, (5, 5)),      # groups: scatter kernel
+    (6, 6, (3, 3), (2, 1), (1, 1, 1, 1), (1, 2), 6, (7, 6)),      # depthwise
+]
+
+
+def out_size(size, kernel, stride, pad_begin, pad_end, dilation):
+    return (size + pad_begin + pad_end - (kernel - 1) * dilation - 1) // stride + 1
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("density", [0.0, 0.15, 1.0])
+def test_event_conv_matches_numpy(case, density):
+    channels, out_channels, kernel, strides, pads, dilations, group, size = case
+    rng = np.random.default_rng(len(str(case)))
+    weight = rng.normal(0, 0.5, (out_channels, channels // group, *kernel)).astype(np.float32)
+    bias = rng.normal(0, 0.1, out_channels).astype(np.float32)
+    x = spikes(rng, (channels, *size), density)
+    if density == 1.0:
+        x = rng.normal(size=x.shape).astype(np.float32)  # a dense current, not spikes
+    out_hw = (out_size(size[0], kernel[0], strides[0], pads[0], pads[2], dilations[0]),
+              out_size(size[1], kernel[1], strides[1], pads[1], pads[3], dilations[1]))
+    got, additions = run_conv(x, weight, bias, strides, pads, dilations, group, out_hw)
+    expected = linear.conv2d(x[None], weight, bias, strides, pads, dilations, group)[0]
+    np.testing.assert_allclose(got, expected, **TOLERANCE)
+    # Additions: each nonzero input times the outputs it reaches (counted by brute force).
+    reach = linear.conv2d((x != 0).astype(np.float32)[None], np.ones_like(weight),
+                          np.zeros_like(bias), strides, pads, dilations, group)
+    assert additions == int(reach.sum())
+
+
+def test_event_conv_equals_the_scatter_kernel_up_to_pairing():
+    """Both fused kernels add each output's terms in (kh, kw, c) order."""
+    rng = np.random.default_rng(5)
+    weight = rng.normal(size=(16, 8, 3, 3)).astype(np.float32)
+    bias = rng.normal(size=16).astype(np.float32)
+    x = spikes(rng, (8, 9, 9), 0.2)
+    geometry = ((1, 1), (1, 1, 1, 1), (1, 1))
+    events, _ = run_conv(x, weight, bias, *geometry, 1, (9, 9))
+    acc = np.zeros(16 * 81, np.float32)
+    out = np.zeros(16 * 81, np.float32)
+    K.conv_grouped(to_storage(x, x.shape), 8, 9, 9, conv_weight_layout(weight, 1), bias, 16, 3,
+                   3, 1, 1, 1, 1, 1, 1, 1, 9, 9, acc, out)
+    np.testing.assert_allclose(events, from_storage(out, (16, 9, 9)), **TOLERANCE)
+
+
+def test_event_conv_result_does_not_depend_on_zeros():
+    """Skipping exact zeros changes nothing: a zero input adds nothing, bit for bit."""
+    rng = np.random.default_rng(2)
+    weight = rng.normal(size=(32, 4, 3, 3)).astype(np.float32)
+    bias = np.zeros(32, np.float32)
+    x = spikes(rng, (4, 6, 6), 0.3)
+    y = x.copy()
+    y[0] = 0  # fewer events
+    both = [run_conv(v, weight, bias, (1, 1), (1, 1, 1, 1), (1, 1), 1, (6, 6))[0] for v in (x, y)]
+    contribution = run_conv(x - y, weight, bias, (1, 1), (1, 1, 1, 1), (1, 1), 1, (6, 6))[0]
+    np.testing.assert_allclose(both[0], both[1] + contribution, **TOLERANCE)
+
+
+@pytest.mark.parametrize(("rows", "n_in", "n_out"), [(1, 50, 10), (3, 17, 72), (1, 9, 1)])
+@pytest.mark.parametrize("density", [0.0, 0.2, 1.0])
+def test_event_gemm_matches_numpy(rows, n_in, n_out, density):
+    rng = np.random.default_rng(rows * n_in)
+    x = spikes(rng, (rows, n_in), density)
+    weight = rng.normal(size=(n_in, n_out)).astype(np.float32)
+    bias = rng.normal(size=n_out).astype(np.float32)
+    out = np.zeros(rows * n_out, np.float32)
+    additions = K.gemm_events(x.reshape(-1), rows, n_in, weight.reshape(-1), bias, n_out,
+                              np.zeros(n_in, np.int64), np.zeros(n_in, np.float32),
+                              np.zeros(2, np.uint64), np.zeros(1, np.int64), out)
+    np.testing.assert_allclose(out.reshape(rows, n_out), linear.gemm(x, weight, bias),
+                               **TOLERANCE)
+    assert additions == np.count_nonzero(x) * n_out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 10), st.sampled_from(["zero", "minus_theta", "off"]), st.integers(1, 3),
+       st.integers(0, 2**31 - 1))
+def test_snm_step_matches_the_reference(steps, theta_neg, max_spikes, seed):
+    rng = np.random.default_rng(seed)
+    n = 37
+    theta = rng.uniform(0.2, 2.0, size=n).astype(np.float32)
+    membrane = (rng.uniform(0, 1, size=n) * theta).astype(np.float32)
+    memory = np.zeros(n, np.int32)
+    ref_v, ref_m = membrane.copy(), memory.copy()
+    for _ in range(steps):
+        z = rng.normal(0, 1.5, size=n).astype(np.float32)
+        out = np.zeros(n, np.float32)
+        sent = K.snm_step(z, theta, THETA_NEG_CODES[theta_neg], max_spikes, membrane, memory,
+                          out)
+        expected, ref_v, ref_m = snm_step_reference(z, ref_v, ref_m, theta, theta_neg,
+                                                     max_spikes)
+        np.testing.assert_array_equal(out, expected.astype(np.float32))
+        np.testing.assert_array_equal(membrane, ref_v)
+        np.testing.assert_array_equal(memory, ref_m)
+        assert sent == int(np.abs(np.rint(expected / theta)).sum())
+
+
+POOLS = [((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), (8, 8)),
+         ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (7, 9)),
+         ((2, 3), (1, 2), (0, 1, 0, 1), (2, 1), (7, 8))]
+
+
+@pytest.mark.parametrize(("kernel", "strides", "pads", "dilations", "size"), POOLS)
+def test_maxpool_tracker_on_spike_counts_is_the_tracker(kernel, strides, pads, dilations, size):
+    """The max pool computed from an SNM layer's counts gives the float tracker's bits."""
+    rng = np.random.default_rng(7)
+    channels = 11  # 8 vector lanes and 3 more
+    theta = rng.uniform(0.3, 1.5, channels).astype(np.float32)
+    out_hw = tuple(
+        (size[i] + pads[i] + pads[i + 2] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1
+        for i in range(2))
+    n_in, n_out = channels * size[0] * size[1], channels * out_hw[0] * out_hw[1]
+    running, pooled = np.zeros(n_in), np.zeros(n_out)
+    counts, pooled_counts = np.zeros(n_in, np.int32), np.zeros(n_out, np.float32)
+    per_neuron = to_storage(np.broadcast_to(theta[:, None, None], (channels, *size)),
+                            (channels, *size))
+    for _ in range(12):
+        sent = rng.choice([-1, 0, 1], size=n_in, p=[0.1, 0.7, 0.2]).astype(np.int32)
+        sent = np.where(counts + sent < 0, 0, sent).astype(np.int32)
+        counts += sent
+        spikes_now = (sent * per_neuron).astype(np.float32)
+        floats = np.zeros(n_out, np.float32)
+        K.maxpool_step(spikes_now, channels, *size, *kernel, *strides, pads[0], pads[1],
+                       *dilations, *out_hw, running, pooled, np.zeros(channels), floats)
+        from_counts = np.zeros(n_out, np.float32)
+        K.maxpool_spikes_step(counts, channels, *size, *kernel, *strides, pads[0], pads[1],
+                              *dilations, *out_hw, theta, pooled_counts,
+                              np.zeros(kernel[0] * kernel[1], np.int64), from_counts)
+        np.testing.assert_array_equal(from_counts, floats)
+    # And the running sum of the output is the max pool of the running input.
+    np.testing.assert_array_equal(
+        from_storage(pooled, (channels, *out_hw)),
+        linear.maxpool2d(from_storage(running, (channels, *size))[None], kernel, strides,
+                         pads, dilations, out_hw)[0])
+
+
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+def test_avgpool_matches_numpy_exactly(count_include_pad):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 7, 8)).astype(np.float32)
+    kernel, strides, pads, out_hw = (3, 2), (2, 2), (1, 0, 1, 1), (4, 4)
+    divisor = linear.avgpool_divisor((7, 8), kernel, strides, pads, count_include_pad, out_hw)
+    out = np.zeros(5 * 16, np.float32)
+    K.avgpool(to_storage(x, x.shape), 5, 7, 8, *kernel, *strides, pads[0], pads[1], *out_hw,
+              divisor.reshape(-1), out)
+    expected = linear.avgpool2d(x[None], kernel, strides, pads, count_include_pad, out_hw)[0]
+    np.testing.assert_array_equal(from_storage(out, (5, *out_hw)), expected)
+
+
+def test_global_avgpool_in_both_layouts():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(6, 5, 4)).astype(np.float32)
+    expected = x.reshape(6, -1).mean(axis=1)
+    for data, last in ((to_storage(x, x.shape), True), (x.reshape(-1), False)):
+        out = np.zeros(6, np.float32)
+        K.global_avgpool(data, 6, 20, last, out)
+        np.testing.assert_allclose(out, expected, **TOLERANCE)
+
+
+def test_storage_layout_round_trip():
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    stored = to_storage(x, (3, 4, 5))
+    assert stored[0, :3].tolist() == [0, 20, 40]  # channels of pixel (0, 0) first
+    np.testing.assert_array_equal(from_storage(stored, (3, 4, 5)), x)
+    np.testing.assert_array_equal(to_storage(x.reshape(2, 60), (60,)), x.reshape(2, 60))
