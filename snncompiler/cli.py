@@ -124,7 +124,9 @@ def printable(text: str, *, lines: bool = False) -> str:
     bounded length unless ``lines``. Names in models and data files come from anyone."""
     if lines:
         return "\n".join(printable(line) for line in str(text).split("\n"))
-    text = " ".join(str(text).split())
+    # Line breaks become spaces (one line per message) but runs of spaces stay: tables
+    # are aligned with them.
+    text = "".join(" " if c in "\r\n\t\v\f" else c for c in str(text)).strip()
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= _MAX_LINE else text[: _MAX_LINE - 3] + "..."
 

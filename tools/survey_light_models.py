@@ -48,26 +48,6 @@ MODELS = {
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def register_pending_ops() -> None:
-    """Until engine.py registers the ops of issue 4 (see tests/conftest.py), add them here."""
-    from snncompiler.runtime import engine
-    from snncompiler.runtime.analog import run_analog
-    from snncompiler.runtime.neuron_variants import run_snm_clip, run_snm_leaky
-    from snncompiler.runtime.shape_ops import (
-        run_concat,
-        run_pad,
-        run_reduce,
-        run_resize,
-        run_transpose,
-    )
-
-    pending = {"snm_clip": run_snm_clip, "snm_leaky": run_snm_leaky, "concat": run_concat,
-               "transpose": run_transpose, "pad": run_pad, "resize": run_resize,
-               "reduce": run_reduce, "analog": run_analog}
-    for op, executor in pending.items():
-        engine.EXECUTORS.setdefault(op, executor)
-
-
 def light_folder() -> Path:
     return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
@@ -193,7 +173,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "light_models.md"))
     args = parser.parse_args()
     timesteps = [int(t) for t in args.timesteps.split(",")]
-    register_pending_ops()
     results, simulated = {}, {}
     for key in args.models.split(","):
         path = light_folder() / MODELS[key][0]

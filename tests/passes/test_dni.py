@@ -82,7 +82,10 @@ def test_range_growth_keeps_counts_exact(raw, exponents):
         if values.size == 0:
             continue
         # Binning all values afresh at the final range gives the very same counts.
-        index = np.clip(np.ceil(values / hist.upper[c] * 32).astype(np.int64) - 1, 0, 31)
+        # In float32 like the histogram: a value on a bin edge may round either way in
+        # another precision.
+        scaled = values.astype(np.float32) / np.float32(hist.upper[c]) * np.float32(32)
+        index = np.clip(np.ceil(scaled).astype(np.int64) - 1, 0, 31)
         np.testing.assert_array_equal(hist.counts[c], np.bincount(index, minlength=32))
         np.testing.assert_allclose(
             hist.sums[c], np.bincount(index, weights=values, minlength=32), rtol=1e-12
@@ -91,8 +94,9 @@ def test_range_growth_keeps_counts_exact(raw, exponents):
         full = hist.counts[c] > 0
         means = hist.bin_means()[c][full]
         edges = np.nonzero(full)[0] * hist.bin_width[c]
-        assert np.all(means > edges * (1 - 1e-12))
-        assert np.all(means <= (edges + hist.bin_width[c]) * (1 + 1e-12))
+        # Values are binned in float32, so bin edges hold to float32 precision.
+        assert np.all(means > edges * (1 - 1e-6))
+        assert np.all(means <= (edges + hist.bin_width[c]) * (1 + 1e-6))
 
 
 def test_range_grows_by_powers_of_two():

@@ -8,8 +8,6 @@ from snncompiler.runtime.engine import SpikingNetwork
 from snncompiler.runtime.graph import Node, Program, TensorSpec
 from snncompiler.runtime.shape_ops import pad
 
-pytestmark = pytest.mark.usefixtures("pending_ops")  # until engine.py registers the ops
-
 ANALOG_DEFAULTS = {"axis": 0, "alpha": 0.0, "beta": 0.0, "bias": 0.0, "size": 1}
 
 

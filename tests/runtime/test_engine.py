@@ -13,7 +13,6 @@ def inputs(shape, seed=1, batch=3):
     return np.random.default_rng(seed).normal(size=(batch, *shape)).astype(np.float32)
 
 
-@pytest.mark.usefixtures("pending_ops")  # until engine.py registers them (tests/conftest.py)
 def test_every_op_of_the_schema_has_an_executor():
     assert set(EXECUTORS) == set(OPS)
 

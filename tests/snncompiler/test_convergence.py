@@ -75,7 +75,8 @@ def test_snn_converges_to_onnxruntime_as_t_grows(blocks, channels, tail, theta_n
                   theta_neg=theta_neg, timesteps=(512,))
     errors = relative_errors(model, net, x, (8, 64, 512))
     assert errors[512] < 0.05, errors
-    assert errors[512] < errors[8], errors
+    # A random net may be silent (every ReLU dead): then there is no error to shrink.
+    assert errors[512] < errors[8] or errors[8] < 1e-6, errors
     assert errors[512] < 0.5 * errors[64] + 0.01, errors
 
 

@@ -16,8 +16,6 @@ from snncompiler.inspect import conversion_rows
 from tests.onnx_models import run
 from tests.snncompiler.conversion import convert
 
-pytestmark = pytest.mark.usefixtures("pending_ops")  # until engine.py registers the ops
-
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "exporters"
 
 EXPORTED = {

@@ -8,8 +8,6 @@ from click.testing import CliRunner
 from snncompiler.cli import main
 from tests.graph_builder import GraphBuilder
 
-pytestmark = pytest.mark.usefixtures("pending_ops")  # until engine.py registers the ops
-
 
 @pytest.fixture
 def gated(tmp_path):

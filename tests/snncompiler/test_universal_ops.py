@@ -16,7 +16,6 @@ from tests.onnx_models import run
 from tests.snncompiler.conversion import convert, relative_errors
 
 # Until engine.py registers these ops (see tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("pending_ops")
 
 
 def ints(name, values, builder):

@@ -24,29 +24,9 @@ from snncompiler import frontend
 from snncompiler.context import CompileConfig
 from snncompiler.npz import Dataset
 from snncompiler.pipeline import compile_model
-from snncompiler.runtime import engine
 from snncompiler.runtime.engine import SpikingNetwork
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def register_pending_ops() -> None:
-    """Until engine.py registers the ops of issue 4 (see tests/conftest.py), add them here."""
-    from snncompiler.runtime.analog import run_analog
-    from snncompiler.runtime.neuron_variants import run_snm_clip, run_snm_leaky
-    from snncompiler.runtime.shape_ops import (
-        run_concat,
-        run_pad,
-        run_reduce,
-        run_resize,
-        run_transpose,
-    )
-
-    pending = {"snm_clip": run_snm_clip, "snm_leaky": run_snm_leaky, "concat": run_concat,
-               "transpose": run_transpose, "pad": run_pad, "resize": run_resize,
-               "reduce": run_reduce, "analog": run_analog}
-    for op, executor in pending.items():
-        engine.EXECUTORS.setdefault(op, executor)
 
 
 def config_for(timesteps) -> CompileConfig:
@@ -91,7 +71,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "efficientnet_lite0"))
     args = parser.parse_args()
-    register_pending_ops()
     folder = Path(args.folder)
     model = folder / "efficientnet_lite0.onnx"
     photos = np.load(folder / "photos.npz")
