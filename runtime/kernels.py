@@ -572,14 +572,14 @@ def snm_step(z, theta, theta_neg_code, max_spikes, membrane, memory, out):
 # --------------------------------------------------------------------------- executor
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _source(space, offset, size, arena, static_row):
     if space == 0:
         return arena[offset:offset + size]
     return static_row[offset:offset + size]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _execute(op, arena, static_row, params, index, fstate, istate, dstate, acc, events,
              values, starts, runs_at, taps, best, param_row, elapsed, readout_row,
              record_row):
