@@ -218,7 +218,7 @@ def _write_text_atomically(path, text: str) -> None:
 # --------------------------------------------------------------------------- memory
 
 
-def _sizes(program) -> dict[str, int]:
+def activation_sizes(program) -> dict[str, int]:
     """Per-sample element counts the memory estimate needs."""
     shapes = [tuple(s.shape) for s in program.inputs] + [tuple(n.shape) for n in program.nodes]
     return {"inputs": sum(math.prod(s.shape) for s in program.inputs),
@@ -235,10 +235,11 @@ def chunk_budget(max_memory: int) -> int:
 def eval_memory(sizes: dict[str, int], steps: int, batch: int, budget: int) -> int:
     """Bytes a run of ``steps`` steps on ``batch`` samples needs at its peak, estimated.
 
-    The readout (``steps x batch x outputs`` float32) exists twice at the end of a run (the
-    chunks' parts and their concatenation); one time chunk of activations takes about
-    ``budget`` (the engine sizes chunks to it), and at least one step: four live float32
-    tensors of the largest activation, as the engine itself reckons.
+    The readout (``steps x batch x outputs`` float32) is counted twice: the engine's graph
+    executor holds the chunks' parts and their concatenation at the end of a run (the fused
+    executor writes one array, so this is an upper bound). One time chunk of activations
+    takes about ``budget`` (the engine sizes chunks to it), and at least one step: four live
+    float32 tensors of the largest activation, as the engine itself reckons.
     """
     readout = 2 * 4 * steps * batch * sizes["outputs"]
     one_step = 4 * 4 * batch * sizes["largest"]
@@ -431,7 +432,7 @@ def eval_command(snn, data, timesteps, onnx_path, json_path, batch_size, limit, 
     program = net.program
     if len(program.inputs) != 1 or len(program.outputs) != 1:
         raise InputError(f"{snn}: evaluation supports networks with one input and one output")
-    sizes = _sizes(program)
+    sizes = activation_sizes(program)
     batch = plan_batch(sizes, max(steps), batch_size, limit_bytes)
     dataset = load_npz(data, Preprocessing(scale, mean, std), limit=limit)
     check_input_shape(dataset, program.inputs[0].name, tuple(program.inputs[0].shape))

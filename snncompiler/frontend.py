@@ -205,6 +205,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     work.CopyFrom(model)
     _drop_initializer_inputs(work.graph)
     _check_structure(work.graph)
+    _check_attributes(work)
     _name_nodes(work.graph)
     static_batch = _check_batch_inputs(work.graph)
     work = _infer_shapes(work, "import_graph")
@@ -467,6 +468,35 @@ def _check_tensor_data(model: onnx.ModelProto, where: str) -> None:
         need *= 2 if type_name.startswith("COMPLEX") else 1
         if stored != need and (stored or count):
             raise ModelError(f"{what} holds {stored} values; its shape {shape} needs {need}")
+
+
+_LIST_ATTRIBUTES = ("ints", "floats", "strings", "tensors", "graphs", "sparse_tensors",
+                    "type_protos")
+
+
+def _check_attributes(model: onnx.ModelProto) -> None:
+    """Refuses empty list attributes, in the graph, its subgraphs and local functions.
+
+    onnx-graphsurgeon writes an attribute back by inferring its type from its values, which
+    an empty list does not have (the checker lets such attributes through on calls of
+    model-local functions).
+    """
+    nodes = [(node, index) for index, node in enumerate(model.graph.node)]
+    nodes += [(node, index) for f in model.functions for index, node in enumerate(f.node)]
+    while nodes:
+        node, index = nodes.pop()
+        for attr in node.attribute:
+            if attr.type in _LIST_ATTRIBUTE_TYPES and not any(
+                    len(getattr(attr, name)) for name in _LIST_ATTRIBUTES):
+                raise ModelError(f"node {_node_label(node, index)}: attribute '{attr.name}' is "
+                                 "an empty list, which snncompiler cannot carry through; drop "
+                                 "it or give it values")
+            for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                nodes += [(sub, i) for i, sub in enumerate(graph.node)]
+
+
+_LIST_ATTRIBUTE_TYPES = frozenset(
+    getattr(onnx.AttributeProto, name.upper()) for name in _LIST_ATTRIBUTES)
 
 
 def _float_name(data_type: int) -> str | None:

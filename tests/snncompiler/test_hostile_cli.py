@@ -254,14 +254,14 @@ def test_large_t_lowers_the_batch_to_fit_the_memory_limit(files, monkeypatch):
     assert 1 <= seen["batch_size"] < 12
     assert seen["chunk_budget"] <= limit * 2**30 / 4
     assert f"batch size lowered from 128 to {seen['batch_size']}" in result.output
-    sizes = cli._sizes(Program_of(files))
+    sizes = cli.activation_sizes(compiled_program(files))
     assert cli.eval_memory(sizes, 100000, seen["batch_size"], seen["chunk_budget"]) <= (
         limit * 2**30)
     assert cli.eval_memory(sizes, 100000, seen["batch_size"] + 1, seen["chunk_budget"]) > (
         limit * 2**30)
 
 
-def Program_of(files):  # noqa: N802 - reads like the type it returns
+def compiled_program(files):
     from snncompiler.runtime.format import load_program
 
     return load_program(files / "model.snn")
@@ -271,7 +271,7 @@ def test_t_of_100000_with_a_batch_of_128_fits_the_default_limit(files):
     # What `snnc eval -T 100000` plans for the demo-sized batch: 8 bytes per readout value
     # (float32, twice) for 5 outputs is 0.48 GiB; with the time-chunk budget it stays
     # under the default limit, so nothing is lowered or refused.
-    sizes = cli._sizes(Program_of(files))
+    sizes = cli.activation_sizes(compiled_program(files))
     needed = cli.eval_memory(sizes, 100000, 128, cli.chunk_budget(cli.DEFAULT_MAX_MEMORY))
     assert 0.4 * 2**30 < needed < cli.DEFAULT_MAX_MEMORY
 

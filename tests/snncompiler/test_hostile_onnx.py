@@ -161,6 +161,21 @@ def value_info_disagrees() -> onnx.ModelProto:
     return model
 
 
+def empty_list_attribute() -> onnx.ModelProto:
+    """A call of a model-local function with an empty INTS attribute (the checker does not
+    look at those): onnx-graphsurgeon cannot write such an attribute back (found by
+    tools/fuzz_campaign.py)."""
+    body = [helper.make_node("Relu", ["fx"], ["fy"])]
+    function = helper.make_function("local", "Act", ["fx"], ["fy"], body,
+                                    [helper.make_opsetid("", 17)])
+    node = helper.make_node("Act", ["x"], ["y"], name="act", domain="local")
+    node.attribute.append(helper.make_attribute("k", [], attr_type=onnx.AttributeProto.INTS))
+    model = make_model([node], [value("x", ["N", 3])], [value("y", ["N", 3])])
+    model.functions.append(function)
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    return model
+
+
 def truncated(folder) -> bytes:
     data = view_flatten_model(np.random.default_rng(0)).SerializeToString()
     return data[: len(data) // 2]
@@ -210,6 +225,8 @@ HOSTILE = [
      "onnxruntime cannot evaluate the constant subgraph"),
     ("value_info_disagrees", lambda f: value_info_disagrees(), ModelError,
      "could not convert opset 16 to 17.*elem type"),
+    ("empty_list_attribute", lambda f: empty_list_attribute(), ModelError,
+     "node 'act' \\(Act\\): attribute 'k' is an empty list"),
     ("mixed_types", lambda f: mixed_types(), ModelError,
      "onnxruntime cannot evaluate the constant subgraph .*Concat"),
     ("external_parent", lambda f: external("../secret.bin"), ModelError, "outside the model"),
