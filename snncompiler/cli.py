@@ -126,7 +126,7 @@ def printable(text: str, *, lines: bool = False) -> str:
         return "\n".join(printable(line) for line in str(text).split("\n"))
     # Line breaks become spaces (one line per message) but runs of spaces stay: tables
     # are aligned with them.
-    text = "".join(" " if c in "\r\n\t\v\f" else c for c in str(text)).strip()
+    text = "".join(" " if c in "\r\n\t\v\f" else c for c in str(text)).rstrip()
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= _MAX_LINE else text[: _MAX_LINE - 3] + "..."
 
