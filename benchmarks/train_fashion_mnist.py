@@ -62,6 +62,9 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
+
+# The sibling script (this script's folder is on sys.path): the .npz export, written once.
+from fashion_mnist_npz import calibration_indices, save_images
 from torch import nn
 
 from snncompiler.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
@@ -338,16 +341,11 @@ def load_data(root: str | None) -> dict:
 
 def write_demo_data(path: Path, data: dict, seed: int) -> dict:
     """Writes the calibration and test subsets and demo.json next to the demo model."""
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(data["x_train"]), size=CALIB_SIZE, replace=False)
-    np.savez_compressed(
-        PACKAGE_DATA / "fashion_mnist_calib.npz",
-        x=data["x_train"][pick][:, None],
-        y=data["y_train"][pick].astype(np.int64),
-    )
-    x_sub = data["x_test_u8"][:TEST_SUBSET][:, None]
-    y_sub = data["y_test"][:TEST_SUBSET].astype(np.int64)
-    np.savez_compressed(PACKAGE_DATA / "fashion_mnist_test.npz", x=x_sub, y=y_sub)
+    pick = calibration_indices(len(data["x_train"]), CALIB_SIZE, seed)
+    save_images(PACKAGE_DATA / "fashion_mnist_calib.npz", data["x_train"][pick],
+                data["y_train"][pick])
+    x_sub, y_sub = data["x_test_u8"][:TEST_SUBSET], data["y_test"][:TEST_SUBSET]
+    save_images(PACKAGE_DATA / "fashion_mnist_test.npz", x_sub, y_sub)
     logits = ort_logits(path, preprocess(x_sub, data["mean"], data["std"]))
     meta = {
         "model": path.name,

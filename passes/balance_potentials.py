@@ -27,10 +27,18 @@ simulation per layer. The targets come from the ANN's activations on the same im
 (:func:`record_second_stage_stats`, onnxruntime before the Relus are replaced), so both sides of the
 difference see the same samples; see :func:`target_means` for what exactly is matched.
 
+Neurons. ReLU neurons (``snm``) and clipped neurons (``snm_clip``, from ``Clip(x, 0, hi)``
+and ReLU6): for a constant input ``a`` the clipped neuron sends what the ReLU neuron sends
+for ``clip(a, 0, hi)``, so the same ``q``, applied to the Clip's output, is its target (see
+:func:`stats_tensor`). Leaky neurons are left alone: their target would need the sign of
+``f(x)``, and their own constant-input output, which differs with ``theta_neg``.
+
 Range. ``v0`` is clipped to ``[V0_MIN, V0_MAX] * theta``. Outside ``[0, theta)`` the
 neuron still computes ``floor((v0 + sum z) / theta)``: with signed spikes an early spike
 that the input does not justify is taken back. A plain IF neuron (``theta_neg="off"``)
-cannot take a spike back, so its ``v0`` stays below ``theta``.
+cannot take a spike back, so its ``v0`` stays below ``theta``. A clipped neuron's ``v0``
+stays at 0 or above: it has no "M > 0" test on negative spikes, so a negative ``v0`` would
+let its count, and its output, fall below 0.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from snncompiler.runtime.graph import Program
 
 from .calibration_stats import ChannelHistogram, collect_activation_stats
 from .dni import spike_output
+from .replace_activations import is_clip_neuron
 
 # Bounds of the corrected initial potential, in units of the neuron's threshold.
 V0_MIN = -1.0
@@ -58,6 +67,19 @@ TARGET = "model"
 
 # Images simulated at once: the engine's memory stays near one batch of activations.
 _BATCH = 64
+
+
+def stats_tensor(node) -> str | None:
+    """The tensor whose histogram gives a lowered neuron's target, or None if not corrected.
+
+    A ReLU neuron (``snm``): the Relu's input (``q`` clips it at 0). A clipped neuron
+    (``snm_clip``): the Clip's output ``clip(x, 0, hi)``, which it tracks and was calibrated
+    on, so the same ``q`` applies. Leaky neurons are left alone: their target needs the
+    sign of ``f(x)``, which the histograms (positive values only) do not keep.
+    """
+    if node.op == "snm":
+        return node.inputs[0]
+    return node.output if node.op == "snm_clip" else None
 
 
 def target_means(hist: ChannelHistogram, theta: np.ndarray, v0: np.ndarray, steps: int,
@@ -78,13 +100,14 @@ def target_means(hist: ChannelHistogram, theta: np.ndarray, v0: np.ndarray, step
 
 
 def record_second_stage_stats(graph: gs.Graph, ctx: CompileContext) -> int:
-    """Pass: histograms of every Relu's input on the images the second stage simulates.
+    """Pass: histograms of every Relu's input and Clip(x, 0, hi)'s output on the images the
+    second stage simulates.
 
     Runs only with ``ctx.config.second_stage``. Uses the first
     ``ctx.config.second_stage_samples`` calibration images, the ones that
     :func:`balance_potentials` simulates, and stores their per-channel histograms in
-    ``ctx.second_stage_stats`` (keyed by the Relu's input tensor, like
-    ``ctx.neuron_params``), from which :func:`target_means` comes.
+    ``ctx.second_stage_stats`` (keyed by tensor name, like ``ctx.neuron_params``; see
+    :func:`stats_tensor`), from which :func:`target_means` comes.
 
     Preconditions: the graph is still an ANN that onnxruntime can run (before
     ``replace_relu``), and calibration data was given.
@@ -96,8 +119,9 @@ def record_second_stage_stats(graph: gs.Graph, ctx: CompileContext) -> int:
     if not ctx.config.second_stage:
         return 0
     names = list(dict.fromkeys(
-        node.inputs[0].name for node in graph.nodes
-        if node.op == "Relu" and isinstance(node.inputs[0], gs.Variable)))
+        [node.inputs[0].name for node in graph.nodes
+         if node.op == "Relu" and isinstance(node.inputs[0], gs.Variable)]
+        + [node.outputs[0].name for node in graph.nodes if is_clip_neuron(node)]))
     if not names:
         return 0
     if ctx.calibration_batches is None:
@@ -110,20 +134,22 @@ def record_second_stage_stats(graph: gs.Graph, ctx: CompileContext) -> int:
 
 
 def balance_potentials(program: Program, ctx: CompileContext) -> int:
-    """Post-lowering step: shifts each ``snm`` channel's ``v0`` by ``T * (target - SNN mean)``.
+    """Post-lowering step: shifts each ``snm`` and ``snm_clip`` channel's ``v0`` by
+    ``T * (target - SNN mean)``.
 
     See the module docstring. Every calibrated T is corrected in its own parameter row.
 
     Preconditions: ``record_second_stage_stats`` ran (``ctx.second_stage_stats``), the
     program has one input, and ``program.timesteps`` lists the rows of every neuron's ``v0``.
-    Preserves: weights, biases and thresholds; only ``v0`` arrays of ``snm`` nodes change.
+    Preserves: weights, biases and thresholds; only ``v0`` arrays of ``snm`` and
+    ``snm_clip`` nodes change.
 
     Returns:
         The number of (row, channel) initial potentials changed.
     """
     config = ctx.config
     stats = ctx.second_stage_stats
-    neurons = [n for n in program.nodes if n.op == "snm" and n.inputs[0] in stats]
+    neurons = [n for n in program.nodes if stats_tensor(n) in stats]
     if not neurons or not config.second_stage:
         return 0
     if len(program.inputs) != 1:
@@ -135,7 +161,7 @@ def balance_potentials(program: Program, ctx: CompileContext) -> int:
     for node in neurons:
         node.arrays["v0"] = np.array(node.arrays["v0"], dtype=np.float32)
     for row, steps in enumerate(program.timesteps):
-        targets = {n.name: target_means(stats[n.inputs[0]], n.arrays["theta"][row],
+        targets = {n.name: target_means(stats[stats_tensor(n)], n.arrays["theta"][row],
                                         n.arrays["v0"][row], steps,
                                         int(n.attrs["max_spikes_per_step"])) for n in neurons}
         for _ in range(config.second_stage_sweeps):
@@ -182,7 +208,10 @@ def _shift(node, row: int, steps: int, error: np.ndarray) -> None:
     theta = node.arrays["theta"][row].astype(np.float64)
     v0 = node.arrays["v0"][row].astype(np.float64) + steps * error
     upper = V0_MAX * theta if node.attrs["theta_neg"] != "off" else theta
-    v0 = np.clip(v0, V0_MIN * theta, upper).astype(np.float32)
+    # The clipped neuron has no "M > 0" test on negative spikes (neuron_variants.py): its
+    # count stays >= 0, like the ANN's clip(x, 0, hi), only while v0 >= 0.
+    lower = V0_MIN * theta if node.op == "snm" else 0.0
+    v0 = np.clip(v0, lower, upper).astype(np.float32)
     if node.attrs["theta_neg"] == "off":
         v0 = np.minimum(v0, np.nextafter(theta.astype(np.float32), np.float32(0)))
     node.arrays["v0"][row] = v0

@@ -19,7 +19,9 @@ def load(path, **options) -> SpikingNetwork:
 
     Args:
         path: The ``.snn`` file.
-        **options: Passed to :class:`SpikingNetwork` (``memory_budget``).
+        **options: Passed to :class:`SpikingNetwork`: ``memory_budget`` (bytes of
+            activations one time chunk may use) and ``executor`` (``"auto"``, ``"fused"``
+            or ``"nodes"``).
 
     Raises:
         FormatError: The file is not a valid ``.snn`` file; the message names the problem.

@@ -22,6 +22,7 @@ its values over steps 1..t divided by t.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +47,9 @@ from snncompiler.runtime.shape_ops import (
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of activations per time chunk
 MAX_READOUT_BYTES = 4 * 2**30
+# A run longer than this warns with the readout's size: legitimate for long simulations, so
+# not refused, but more often a slip (T=10**6 for 10**3) that ties the process up for hours.
+LONG_RUN_STEPS = 100_000
 EXECUTOR_CHOICES = ("auto", "fused", "nodes")
 BLOCKS_PER_THREAD = 4  # samples are split in this many blocks per thread (load balance)
 COUNTING_OPCODES = (kernels.CONV, kernels.CONV_GROUPED, kernels.GEMM, kernels.SNM)
@@ -246,6 +250,17 @@ EXECUTORS: dict[str, Callable] = {
 # --------------------------------------------------------------------------- engine
 
 
+def _positive_int(name: str, value) -> int:
+    """``value`` as an int, or an InputError naming the argument.
+
+    Bools, floats and strings are refused rather than coerced: ``int(2.5)`` would quietly run
+    2 steps, and ``True`` is an int to Python.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def nearest_calibrated(timesteps: list[int], steps: int) -> int:
     """Index of the calibrated T closest to ``steps`` on a log scale (ties: the larger T)."""
     distances = [(abs(math.log(t / steps)), -t) for t in timesteps]
@@ -273,7 +288,7 @@ class SpikingNetwork:
         if executor not in EXECUTOR_CHOICES:
             raise InputError(f"executor must be one of {EXECUTOR_CHOICES}, got {executor!r}")
         self.program = program
-        self.memory_budget = memory_budget
+        self.memory_budget = _positive_int("memory_budget", memory_budget)
         self._plan()
         supported = fused.supports(program, self._dynamic)
         if executor == "fused" and not supported:
@@ -350,11 +365,13 @@ class SpikingNetwork:
         self._spare_state = previous if previous is not None else getattr(
             self, "_spare_state", None)
         self._fused_state: dict | None = None
+        self._batch: int | None = None  # of the steps since reset, which step() must keep
         self.t = 0
 
     def select_parameters(self, timesteps: int) -> int:
         """Uses the neuron parameters calibrated for the T closest to ``timesteps``."""
-        self.parameter_row = nearest_calibrated(self.program.timesteps, timesteps)
+        steps = _positive_int("timesteps", timesteps)
+        self.parameter_row = nearest_calibrated(self.program.timesteps, steps)
         return self.program.timesteps[self.parameter_row]
 
     def counters(self) -> dict[str, np.ndarray]:
@@ -564,19 +581,29 @@ class SpikingNetwork:
         Returns:
             For a single-output network, an array (timesteps, N, ...): the readout after each
             step 1..T. For several outputs, a dict of such arrays by output name.
+
+        Raises:
+            InputError: An argument that is not a positive integer, inputs that do not fit,
+                or a readout larger than ``MAX_READOUT_BYTES``.
+
+        Warns:
+            UserWarning: ``timesteps`` above ``LONG_RUN_STEPS``, with the readout's size.
         """
         steps = self._check_timesteps(timesteps)
+        if time_chunk is not None:
+            time_chunk = _positive_int("time_chunk", time_chunk)
+        if parameters_for is not None:
+            parameters_for = _positive_int("parameters_for", parameters_for)
         feeds = self._feeds(inputs)
         batch = next(iter(feeds.values())).shape[0]
-        self._check_readout_memory(steps, batch)
-        self.select_parameters(parameters_for or steps)
+        self._check_run_size(steps, batch)
+        self.select_parameters(steps if parameters_for is None else parameters_for)
         self.reset()
-        if time_chunk is not None and int(time_chunk) < 1:
-            raise InputError(f"time_chunk must be at least 1, got {time_chunk}")
+        self._batch = batch
         if self.executor == "fused":
-            result = self._run_fused(feeds, steps, time_chunk and int(time_chunk), observer)
+            result = self._run_fused(feeds, steps, time_chunk, observer)
             return next(iter(result.values())) if len(result) == 1 else result
-        chunk = int(time_chunk) if time_chunk else self.default_chunk(batch)
+        chunk = time_chunk or self.default_chunk(batch)
         static = self._static_values(feeds, observer)
         outputs = {spec.name: [] for spec in self.program.outputs}
         while self.t < steps:
@@ -595,10 +622,14 @@ class SpikingNetwork:
             The readout after the steps so far: (N, ...) for a single output, else a dict.
         """
         feeds = self._feeds(inputs)
+        batch = next(iter(feeds.values())).shape[0]
+        if self._batch is not None and batch != self._batch:
+            raise InputError(f"batch of {batch} after steps with a batch of {self._batch}; "
+                             "call reset() first")
+        self._batch = batch
         static = self._static_values(feeds)
         if self.executor == "fused":
             plan = self._fused_plan(False)
-            batch = next(iter(feeds.values())).shape[0]
             readout = np.empty((1, batch, plan.readout_size), dtype=np.float32)
             self.chunk_steps = 1
             self._fused_steps(plan, self._static_rows(plan, static, batch), readout,
@@ -613,15 +644,19 @@ class SpikingNetwork:
         return next(iter(result.values())) if len(result) == 1 else result
 
     def _check_timesteps(self, timesteps) -> int:
-        steps = self.program.default_timesteps if timesteps is None else timesteps
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise InputError(f"timesteps must be a positive integer, got {timesteps!r}")
-        return int(steps)
+        if timesteps is None:
+            return self.program.default_timesteps
+        return _positive_int("timesteps", timesteps)
 
-    def _check_readout_memory(self, steps: int, batch: int) -> None:
+    def _check_run_size(self, steps: int, batch: int) -> None:
+        """Refuses a readout too large for memory; warns about a run of very many steps."""
         needed = sum(4 * steps * batch * math.prod(s.shape) for s in self.program.outputs)
         if needed > MAX_READOUT_BYTES:
             raise InputError(
                 f"T={steps} with a batch of {batch} needs {needed / 2**30:.1f} GiB for the "
                 f"readout alone (limit {MAX_READOUT_BYTES / 2**30:.0f} GiB); use fewer "
                 "timesteps or a smaller batch, or step() for streaming")
+        if steps > LONG_RUN_STEPS:
+            warnings.warn(f"T={steps} is a long run (more than {LONG_RUN_STEPS} steps): the "
+                          f"readout of a batch of {batch} alone takes {needed / 2**20:.1f} MiB",
+                          stacklevel=3)

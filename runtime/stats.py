@@ -12,16 +12,23 @@ Example:
     >>> report = activity(net)
     >>> report.synaptic_ops, report.ann_macs      # per image, over the 32 steps / one pass
     >>> [(layer.name, layer.firing_rate) for layer in report.neurons()]
+
+Over a data set, simulated batch by batch, :func:`combine` averages the batches' reports.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from snncompiler.runtime.errors import InputError
+from snncompiler.runtime.opset import NEURON_OPS
 
 SYNAPTIC_OPS = ("conv", "gemm")
+_ORIGINS = (*NEURON_OPS, *SYNAPTIC_OPS, "analog")
+"""Ops whose output is a signal of its own; every other op only routes, pools or adds the
+signals it reads (what :func:`spike_sources` looks through)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,8 @@ class LayerActivity:
             neurons).
         neurons: Neurons in the layer (0 for the others).
         firing_rate: Spikes per neuron and step (0 for the others).
+        sources: For ``synapses``: the layers whose signal its input is, through pools,
+            reshapes and adds (see :func:`spike_sources`); usually one neuron layer.
     """
 
     name: str
@@ -47,6 +56,7 @@ class LayerActivity:
     dense_macs: int
     neurons: int = 0
     firing_rate: float = 0.0
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,13 @@ class Activity:
     def synaptic_ops_per_step(self) -> float:
         return self.synaptic_ops / max(self.steps, 1)
 
+    def mean_firing_rate(self) -> float:
+        """Spikes per neuron and step over every counted neuron layer (big layers weigh
+        more: it is the network's rate, not the mean of the layers' rates); 0 if none."""
+        neurons = sum(layer.neurons for layer in self.neurons())
+        spikes = sum(layer.per_image for layer in self.neurons())
+        return spikes / (neurons * self.steps) if neurons else 0.0
+
 
 def dense_macs(node, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one ``conv`` or ``gemm`` node on one sample (0 otherwise)."""
@@ -91,6 +108,26 @@ def ann_macs(program, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
     """Multiply-accumulates per sample of every conv and gemm node of one ANN pass."""
     return {node.name: dense_macs(node, shapes[node.inputs[0]])
             for node in program.nodes if node.op in SYNAPTIC_OPS}
+
+
+def spike_sources(program, tensor: str, is_dynamic=lambda name: True) -> tuple[str, ...]:
+    """The nodes whose signal reaches ``tensor`` through ops that only route, pool or add
+    (reshape, max pool, add, affine, ...): neuron layers, conv/gemm layers or analog ops, in
+    program order. Tensors that ``is_dynamic`` says are constant over time are not followed.
+    """
+    producers = {node.output: node for node in program.nodes}
+    found, todo, seen = set(), [tensor], set()
+    while todo:
+        name = todo.pop()
+        node = producers.get(name)
+        if name in seen or node is None or not is_dynamic(name):
+            continue
+        seen.add(name)
+        if node.op in _ORIGINS:
+            found.add(node.name)
+        else:
+            todo.extend(node.inputs)
+    return tuple(node.name for node in program.nodes if node.name in found)
 
 
 def activity(net) -> Activity:
@@ -118,8 +155,9 @@ def activity(net) -> Activity:
             if net.is_dynamic(node.inputs[0]):
                 per_image = float(counted[node.name].mean()) if node.name in counted else 0.0
                 synaptic += per_image
+                sources = spike_sources(net.program, node.inputs[0], net.is_dynamic)
                 layers.append(LayerActivity(node.name, node.op, "synapses", per_image,
-                                            macs[node.name]))
+                                            macs[node.name], sources=sources))
             else:
                 static += macs[node.name]
                 layers.append(LayerActivity(node.name, node.op, "static",
@@ -130,3 +168,34 @@ def activity(net) -> Activity:
             layers.append(LayerActivity(node.name, node.op, "neurons", spikes, 0, neurons,
                                         spikes / (neurons * steps)))
     return Activity(steps, images, layers, synaptic, static, sum(macs.values()))
+
+
+def combine(reports: Sequence[Activity]) -> Activity:
+    """The activity of several runs of one network for the same number of steps (the batches
+    of a data set), per image over all their images.
+
+    Raises:
+        InputError: No reports, or reports of different networks or numbers of steps.
+    """
+    if not reports:
+        raise InputError("no activity to combine")
+    first = reports[0]
+    names = [layer.name for layer in first.layers]
+    for report in reports[1:]:
+        if report.steps != first.steps or [layer.name for layer in report.layers] != names:
+            raise InputError("can only combine the activity of runs of the same network for "
+                             f"the same steps (got {first.steps} and {report.steps} steps)")
+    images = sum(report.images for report in reports)
+
+    def mean(values) -> float:
+        # Weighted by images: a report's numbers are per image of its own batch.
+        return sum(v * report.images for v, report in zip(values, reports)) / max(images, 1)
+
+    layers = []
+    for k, layer in enumerate(first.layers):
+        per_image = mean(report.layers[k].per_image for report in reports)
+        rate = per_image / (layer.neurons * first.steps) if layer.kind == "neurons" else 0.0
+        layers.append(replace(layer, per_image=per_image, firing_rate=rate))
+    return Activity(first.steps, images, layers,
+                    mean(report.synaptic_ops for report in reports), first.static_macs,
+                    first.ann_macs)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import secrets
 import shutil
 import sys
 import tempfile
@@ -31,14 +29,15 @@ from pathlib import Path
 import click
 
 from snncompiler import __version__
+from snncompiler.context import GRANULARITIES, INITIAL_POTENTIALS, CompileConfig
 from snncompiler.errors import InputError, SnnError
+from snncompiler.evaluate import parse_timesteps
+from snncompiler.files import write_text_atomically
+from snncompiler.runtime.opset import NEGATIVE_THRESHOLDS
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 2
 EXIT_INTERRUPTED = 130
-
-MAX_TIMESTEPS = 2**31 - 1
-"""Largest T: the ``.snn`` format stores every integer in this range."""
 
 DEFAULT_MAX_MEMORY = 2 * 2**30
 """Bytes ``snnc eval`` plans a run within (``--max-memory``), before allocating anything."""
@@ -149,28 +148,6 @@ def _quiet_libraries() -> None:
 
 # --------------------------------------------------------------------------- arguments
 
-_DIGITS = re.compile(r"[0-9]+")  # ASCII only: int() would also take "٣", "1_000" and "+5"
-
-
-def parse_timesteps(text: str) -> list[int]:
-    """``-T`` values in the user's order, repeats dropped: ``"8,4,8"`` -> [8, 4].
-
-    Raises:
-        InputError: Anything but comma-separated decimal integers in 1..MAX_TIMESTEPS.
-    """
-    items = [item.strip() for item in str(text).split(",")]
-    for item in items:
-        if not _DIGITS.fullmatch(item):
-            shown = f"{item!r} is not" if item else "an empty item is not"
-            raise InputError(f"-T {text!r}: {shown} a positive integer; give T as a comma "
-                             "list such as -T 1,2,4,8")
-        value = int(item)
-        if not 1 <= value <= MAX_TIMESTEPS:
-            raise InputError(f"-T {text!r}: {value} is out of range; T goes from 1 to "
-                             f"{MAX_TIMESTEPS}")
-    return list(dict.fromkeys(int(item) for item in items))
-
-
 def _check_output(path, force: bool, **inputs) -> None:
     """Refuses, before any work, an output that cannot be written or would destroy a file.
 
@@ -196,23 +173,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
         return a.resolve() == b.resolve()
-
-
-def _write_text_atomically(path, text: str) -> None:
-    """Writes to a temporary file next to ``path``, then renames it into place."""
-    folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL: never follow a planted link; 0o666 lets the umask decide, as open() would.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- memory
@@ -282,23 +242,29 @@ def _preprocessing_options(command):
 
 
 def _config_options(command):
-    choices_neg = click.Choice(["zero", "minus_theta", "off"])
+    # Defaults and choices come from CompileConfig, so that snnc and the Python API agree.
+    default = CompileConfig()
     for option in reversed([
-        click.option("-T", "--timesteps", default="32", show_default=True,
+        click.option("-T", "--timesteps", default=",".join(map(str, default.timesteps)),
+                     show_default=True,
                      help="Target T, or a comma list: one DNI parameter set per value."),
-        click.option("--theta-neg", type=choices_neg, default="zero", show_default=True,
+        click.option("--theta-neg", type=click.Choice(NEGATIVE_THRESHOLDS),
+                     default=default.theta_neg, show_default=True,
                      help="SNM negative threshold: 0, -theta, or off (plain IF neuron)."),
-        click.option("--initial-potential", type=click.Choice(["dni", "half", "zero"]),
-                     default="dni", show_default=True,
+        click.option("--initial-potential", type=click.Choice(INITIAL_POTENTIALS),
+                     default=default.initial_potential, show_default=True,
                      help="Initial membrane potential: DNI search, theta/2 or 0."),
-        click.option("--granularity", type=click.Choice(["channel", "layer"]),
-                     default="channel", show_default=True, help="Thresholds per channel or layer."),
-        click.option("--max-spikes", type=click.IntRange(1, 64), default=1, show_default=True,
+        click.option("--granularity", type=click.Choice(GRANULARITIES),
+                     default=default.granularity, show_default=True,
+                     help="Thresholds per channel or layer."),
+        click.option("--max-spikes", type=click.IntRange(1, 64),
+                     default=default.max_spikes_per_step, show_default=True,
                      help="Most spikes per neuron and step (1 = the paper's neuron)."),
-        click.option("--second-stage/--no-second-stage", default=None,
+        click.option("--second-stage/--no-second-stage", default=default.second_stage,
+                     show_default=True,
                      help="DNI's second stage: simulate on calibration data and shift initial "
-                          "potentials so mean outputs match the ANN (default: the compiler's, "
-                          "see docs/results/fidelity.md)."),
+                          "potentials so mean outputs match the ANN (see "
+                          "docs/results/fidelity.md)."),
     ]):
         command = option(command)
     return command
@@ -352,7 +318,6 @@ def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
                     allow_analog, force, quiet):
     """Compile MODEL (ONNX) to a .snn spiking network."""
     from snncompiler import pipeline
-    from snncompiler.context import CompileConfig
     from snncompiler.npz import Preprocessing, load_npz
     from snncompiler.runtime.format import save_program
 
@@ -365,8 +330,7 @@ def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
     config = CompileConfig(
         timesteps=tuple(steps), theta_neg=theta_neg, initial_potential=initial_potential,
         granularity=granularity, max_spikes_per_step=max_spikes, progress=not quiet,
-        allow_analog=allow_analog,
-        **({} if second_stage is None else {"second_stage": second_stage}))
+        allow_analog=allow_analog, second_stage=second_stage)
     calibration = load_npz(calib, Preprocessing(scale, mean, std), limit=calib_samples)
     result = pipeline.compile_model(model, calibration, config)
     save_program(result.program, output, overwrite=force)
@@ -410,8 +374,8 @@ def _print_compile_summary(result, output, quiet):
 @click.option("--max-memory", type=click.FloatRange(0.01, 1e6), default=DEFAULT_MAX_MEMORY / 2**30,
               show_default=True, help="GiB a run may use; planned before anything is allocated.")
 @click.option("--layers", is_flag=True,
-              help="Also report each neuron layer's firing rate and, with --onnx, the error "
-                   "of its rate against the ANN's activation at every T (extra runs).")
+              help="Also report each neuron layer's firing rate at every T and, with --onnx, "
+                   "the error of its rate against the ANN's activation (extra runs).")
 @_preprocessing_options
 @click.option("--force", is_flag=True, help="Overwrite the --json file if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -444,11 +408,14 @@ def eval_command(snn, data, timesteps, onnx_path, json_path, batch_size, limit, 
     result = evaluate.evaluate(net, dataset, steps, ann=ann, batch_size=batch,
                                progress=not quiet)
     click.echo(evaluate.format_table(result))
+    _echo("")
+    _echo(evaluate.format_activity(result))
     report = result.to_json()
     if layers:
+        _echo("")
         report["layers"] = _layer_report(net, dataset.x, steps, onnx_path, batch)
     if json_path:
-        _write_text_atomically(json_path, json.dumps(report, indent=2) + "\n")
+        write_text_atomically(json_path, json.dumps(report, indent=2) + "\n")
 
 
 def _layer_report(net, x, steps, onnx_path, batch):
@@ -460,7 +427,7 @@ def _layer_report(net, x, steps, onnx_path, batch):
         names = [node.output for node in net.program.neuron_nodes()]
         ann = diagnostics.ann_activations(frontend.load_model(onnx_path), names)
     found = diagnostics.layer_diagnostics(net, x, steps, ann=ann, batch_size=batch)
-    click.echo(diagnostics.format_layers(found))
+    _echo(diagnostics.format_layers(found))  # layer names come from the file: escaped
     if not onnx_path:
         click.echo("note: pass --onnx to compare each layer with the ANN", err=True)
     return [layer.to_json() for layer in found]
@@ -545,7 +512,9 @@ def _run_demo_into(folder: Path, timesteps: str, force: bool, quiet: bool) -> No
     """Runs the demo in a staging folder inside ``folder``, then moves its files in.
 
     The existing demo.snn and results.json stay as they were until the run has succeeded,
-    and an interrupted run leaves ``folder`` as it found it.
+    and an interrupted run leaves ``folder`` as it found it. (run_demo writes each file
+    atomically, but minutes apart: without the staging folder an interruption in between
+    would leave a new demo.snn next to the old results.json.)
     """
     from snncompiler import demo
 

@@ -87,7 +87,7 @@ class CompileContext:
             parameters (theta and v0 of shape (len(timesteps), C)).
         report: Human-readable lines that passes want the user to see.
         readout: Filled by ``mark_readout``: graph output name -> readout kind.
-        second_stage_stats: Filled by ``record_ann_means`` (second stage only): activation
+        second_stage_stats: Filled by ``record_second_stage_stats`` (second stage only): activation
             tensor name -> per-channel histogram on the images the second stage simulates.
         dry_run: Check and lower the graph without calibration data (placeholder neuron
             parameters), for ``snnc inspect`` and early error reporting.

@@ -8,7 +8,8 @@ from importlib import resources
 from pathlib import Path
 
 from snncompiler.context import CompileConfig
-from snncompiler.evaluate import evaluate, format_table, parse_timesteps
+from snncompiler.evaluate import evaluate, format_activity, format_table, parse_timesteps
+from snncompiler.files import write_text_atomically
 from snncompiler.npz import Preprocessing, load_npz
 from snncompiler.runtime.engine import SpikingNetwork
 from snncompiler.runtime.format import save_program
@@ -21,7 +22,8 @@ def demo_files() -> tuple[dict, Path]:
 
 
 def run_demo(out: str | None, timesteps: str, *, progress: bool = True, echo=print) -> dict:
-    """Compiles the demo CNN for every T asked (one DNI set each), evaluates, prints a table.
+    """Compiles the demo CNN for every T asked (one DNI set each), evaluates, prints the
+    accuracy and the work per image (synaptic operations, firing rates).
 
     Returns:
         The evaluation results as a dict (also written to ``results.json`` in ``out``).
@@ -52,7 +54,10 @@ def run_demo(out: str | None, timesteps: str, *, progress: bool = True, echo=pri
                               ann=lambda x: session.run(None, {name: x})[0],
                               progress=progress)
         echo(format_table(evaluation))
+        echo("")
+        echo(format_activity(evaluation))
         results = evaluation.to_json()
         if out:
-            (folder_out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            write_text_atomically(folder_out / "results.json",
+                                  json.dumps(results, indent=2) + "\n")
     return results

@@ -1,7 +1,14 @@
-"""Accuracy of a spiking network against T, next to the ANN it came from."""
+"""Accuracy of a spiking network against T, next to the ANN it came from, and the work it
+did: synaptic operations per image against the ANN's multiply-accumulates, firing rates.
+
+The work is read off the engine's counters of the runs the accuracy needs (no extra
+simulation): one run per calibrated parameter set, of the largest T that uses it, so it is
+reported for those T (:func:`snncompiler.runtime.stats.activity` says what is counted).
+"""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -11,7 +18,13 @@ from tqdm.auto import tqdm
 
 from snncompiler.errors import InputError
 from snncompiler.npz import Dataset, check_input_shape
+from snncompiler.runtime import stats
 from snncompiler.runtime.engine import SpikingNetwork, nearest_calibrated
+
+MAX_TIMESTEPS = 2**31 - 1
+"""Largest T: the ``.snn`` format stores every integer in this range."""
+
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: int() would also take "٣", "1_000" and "+5"
 
 
 @dataclass
@@ -20,6 +33,16 @@ class EvalResult:
 
     ``snn_accuracy`` and ``agreement`` (top-1 agreement with the ANN) are per entry of
     ``timesteps``; accuracies are None without labels, agreement None without the ANN.
+
+    The work, per image: ``synaptic_ops`` (additions done by the event-driven layers over
+    T steps), ``synaptic_ops_per_ann_mac`` (that over ``ann_macs * T``) and
+    ``mean_firing_rate`` (spikes per neuron and step, all neuron layers together) are per
+    entry of ``timesteps`` and None for a T that is not the largest of its parameter set
+    (it shares that T's run, whose counters cover all its steps). ``ann_macs`` is one ANN
+    pass (every conv and gemm); ``static_macs`` the part of it the SNN computes once per
+    image from the directly coded input. ``layer_activity`` has one entry per neuron layer
+    at T = ``layer_activity_timesteps`` (the largest T): its firing rate, and the synaptic
+    operations of the conv/gemm layers its spikes go ``into``.
     """
 
     timesteps: list[int]
@@ -29,20 +52,38 @@ class EvalResult:
     n: int
     seconds: float
     parameters_for: list[int]
+    ann_macs: int | None = None
+    static_macs: int | None = None
+    synaptic_ops: list[float | None] | None = None
+    synaptic_ops_per_ann_mac: list[float | None] | None = None
+    mean_firing_rate: list[float | None] | None = None
+    layer_activity_timesteps: int | None = None
+    layer_activity: list[dict] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 def parse_timesteps(text: str) -> list[int]:
-    """``"1,2,4,8"`` -> [1, 2, 4, 8]; raises InputError on anything else."""
-    try:
-        values = [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise InputError(f"timesteps must be comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise InputError(f"timesteps must be positive integers, got {text!r}")
-    return sorted(set(values))
+    """``-T`` values in the user's order, repeats dropped: ``"8,4,8"`` -> [8, 4].
+
+    The one parser of T lists (``snnc``, ``snnc eval``, ``snnc demo``): strict, so that a
+    typo is refused before any work rather than read as something else.
+
+    Raises:
+        InputError: Anything but comma-separated decimal integers in 1..MAX_TIMESTEPS.
+    """
+    items = [item.strip() for item in str(text).split(",")]
+    for item in items:
+        if not _DIGITS.fullmatch(item):
+            shown = f"{item!r} is not" if item else "an empty item is not"
+            raise InputError(f"-T {text!r}: {shown} a positive integer; give T as a comma "
+                             "list such as -T 1,2,4,8")
+        value = int(item)
+        if not 1 <= value <= MAX_TIMESTEPS:
+            raise InputError(f"-T {text!r}: {value} is out of range; T goes from 1 to "
+                             f"{MAX_TIMESTEPS}")
+    return list(dict.fromkeys(int(item) for item in items))
 
 
 def evaluate(
@@ -70,6 +111,8 @@ def evaluate(
     check_input_shape(dataset, program.inputs[0].name, program.inputs[0].shape)
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
+    if len(dataset) == 0:
+        raise InputError(f"{dataset.source}: no samples to evaluate")
     timesteps = sorted(set(int(t) for t in timesteps))
     # Group the requested T by the calibrated parameter set they use: one run per group.
     groups: dict[int, list[int]] = {}
@@ -80,6 +123,7 @@ def evaluate(
     agree = np.zeros(len(timesteps))
     ann_correct = 0
     column = {t: i for i, t in enumerate(timesteps)}
+    reports: dict[int, list[stats.Activity]] = {row: [] for row in groups}
     bar = tqdm(total=len(dataset) * len(groups), desc="evaluating", unit="img",
                disable=not progress, leave=False)
     for first in range(0, len(dataset), batch_size):
@@ -98,9 +142,11 @@ def evaluate(
                     snn_correct[column[t]] += (top1 == y).sum()
                 if ann_top1 is not None:
                     agree[column[t]] += (top1 == ann_top1).sum()
+            reports[row].append(stats.activity(net))
             bar.update(len(x))
     bar.close()
     n = len(dataset)
+    work = {max(groups[row]): stats.combine(found) for row, found in reports.items()}
     return EvalResult(
         timesteps=list(timesteps),
         snn_accuracy=None if dataset.y is None else [float(v / n) for v in snn_correct],
@@ -110,7 +156,56 @@ def evaluate(
         seconds=time.perf_counter() - start,
         parameters_for=[program.timesteps[nearest_calibrated(program.timesteps, t)]
                         for t in timesteps],
+        **_work_fields(work, timesteps),
     )
+
+
+def _work_fields(work: dict[int, stats.Activity], timesteps: list[int]) -> dict:
+    """EvalResult's work fields from the activity of the run of each T in ``work``."""
+    largest = work[max(timesteps)]
+    macs = largest.ann_macs
+
+    def per_t(value: Callable[[stats.Activity], float]) -> list[float | None]:
+        return [float(value(work[t])) if t in work else None for t in timesteps]
+
+    return dict(
+        ann_macs=macs,
+        static_macs=largest.static_macs,
+        synaptic_ops=per_t(lambda a: a.synaptic_ops),
+        synaptic_ops_per_ann_mac=per_t(
+            lambda a: a.synaptic_ops / (macs * a.steps) if macs else 0.0),
+        mean_firing_rate=per_t(lambda a: a.mean_firing_rate()),
+        layer_activity_timesteps=largest.steps,
+        layer_activity=layer_rows(largest),
+    )
+
+
+def layer_rows(report: stats.Activity) -> list[dict]:
+    """One row per neuron layer: its firing rate and the synaptic operations of the
+    conv/gemm layers its spikes go ``into``, per image.
+
+    A conv/gemm layer whose input mixes several layers' signals (an add of two neuron
+    layers) or comes from no neuron layer gets a row of its own, named after its sources,
+    so that the rows' synaptic operations add up to the network's.
+    """
+    rows, by_neuron = [], {}
+    for layer in report.layers:
+        if layer.kind == "neurons":
+            row = {"layer": layer.name, "neurons": layer.neurons,
+                   "firing_rate": layer.firing_rate, "spikes": layer.per_image,
+                   "synaptic_ops": None, "into": []}
+            by_neuron[layer.name] = row
+            rows.append(row)
+        elif layer.kind == "synapses":
+            if len(layer.sources) == 1 and layer.sources[0] in by_neuron:
+                row = by_neuron[layer.sources[0]]
+            else:
+                row = {"layer": " + ".join(layer.sources) or layer.name, "neurons": None,
+                       "firing_rate": None, "spikes": None, "synaptic_ops": None, "into": []}
+                rows.append(row)
+            row["synaptic_ops"] = (row["synaptic_ops"] or 0.0) + layer.per_image
+            row["into"].append(layer.name)
+    return rows
 
 
 def format_table(result: EvalResult) -> str:
@@ -125,8 +220,61 @@ def format_table(result: EvalResult) -> str:
             "-" if result.ann_accuracy is None else f"{100 * result.ann_accuracy:.2f}%",
             str(result.parameters_for[i]),
         ])
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _aligned(header, rows)
     lines.append(f"({result.n} samples, {result.seconds:.1f} s)")
     return "\n".join(lines)
+
+
+def format_activity(result: EvalResult) -> str:
+    """The work per image, one row per T that has its own run, then the per-layer table at
+    the largest T; plain text aligned like :func:`format_table`."""
+    if result.synaptic_ops is None:
+        return ""
+    macs = result.ann_macs or 0
+    header = ["T", "synaptic ops", "ANN MACs x T", "ops / MAC", "firing rate"]
+    rows = [[str(t), si(ops), si(macs * t), f"{ratio:.3f}", f"{rate:.4f}"]
+            for t, ops, ratio, rate in zip(result.timesteps, result.synaptic_ops,
+                                           result.synaptic_ops_per_ann_mac,
+                                           result.mean_firing_rate)
+            if ops is not None]
+    lines = ["synaptic ops: additions per image by the event-driven layers over T steps; the "
+             "ANN does",
+             f"{si(macs)} MACs per image and pass; firing rate: spikes per neuron and step"]
+    lines += _aligned(header, rows)
+    if len(rows) < len(result.timesteps):
+        lines.append("(T that share a run with a larger T are counted with it)")
+    if result.static_macs:
+        lines.append(f"plus {si(result.static_macs)} MACs per image once, for the layers on "
+                     "the input (before the first step)")
+    header = ["layer", "neurons", "firing rate", "synaptic ops", "into"]
+    rows = [[row["layer"],
+             "-" if row["neurons"] is None else str(row["neurons"]),
+             "-" if row["firing_rate"] is None else f"{row['firing_rate']:.4f}",
+             "-" if row["synaptic_ops"] is None else si(row["synaptic_ops"]),
+             ", ".join(row["into"]) or "-"]
+            for row in result.layer_activity]
+    lines.append("")
+    lines.append(f"per layer at T={result.layer_activity_timesteps} (synaptic ops: per image, "
+                 "in the layers its spikes go into)")
+    lines += _aligned(header, rows, left={0, 4})
+    return "\n".join(lines)
+
+
+def si(value: float) -> str:
+    """A count in 3 significant digits with a k, M or G suffix: 1234567 -> "1.23 M"."""
+    rounded = float(f"{value:.3g}")  # so that 999999.9 is "1 M", not "1e+03 k"
+    for scale, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(rounded) >= scale:
+            return f"{rounded / scale:.3g}{suffix}"
+    return f"{rounded:.3g}"
+
+
+def _aligned(header: list[str], rows: list[list[str]], left=frozenset()) -> list[str]:
+    """Rows under a header and a dashed rule; the columns whose index is in ``left`` are
+    left-aligned, the others right-aligned."""
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if c in left else cell.rjust(w)
+                       for c, (cell, w) in enumerate(zip(row, widths))).rstrip()
+             for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines

@@ -17,9 +17,8 @@ A case is a pure function of (target, seed, index), so any crash replays exactly
 in a worker process (restarted after a crash or a hang, with its address space capped), so a
 segfault in a C extension is recorded rather than ending the campaign.
 
-The test suite drives the same mutators with hypothesis' random source
-(``tests/runtime/test_fuzz_snn.py``, ``tests/snncompiler/test_fuzz_onnx.py``,
-``tests/snncompiler/test_fuzz_npz.py``).
+The test suite drives the same mutators with hypothesis' random source, one test per
+target (``tests/tools/test_fuzz_campaign.py``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """SpikingJelly's ann2snn converter on the benchmark ANNs: the peer column of fidelity.md.
 
-Runs in the torch venv, with SpikingJelly beside the pinned CPU torch::
+Runs in the torch venv, with SpikingJelly beside the pinned CPU torch; ``make fidelity``
+sets that venv up (``.venv-torch``, see the Makefile) and runs this script as::
 
-    .venv-torch/bin/pip install --no-deps spikingjelly==2.0.0
-    .venv-torch/bin/pip install loguru==0.7.3 requests==2.34.2   # what it imports at load
-    .venv-torch/bin/python benchmarks/peers/spikingjelly_ann2snn.py   # results/spikingjelly.json
+    .venv-torch/bin/python benchmarks/peers/spikingjelly_ann2snn.py \
+        --timesteps 1,2,4,8,16,32,64          # docs/results/spikingjelly.json
 
 Same ANNs (rebuilt as torch modules from the ONNX weights, checked against onnxruntime),
 same calibration images (``--calib`` TRAIN images, same seed as ``benchmarks/fidelity.py``,

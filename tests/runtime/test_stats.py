@@ -3,9 +3,16 @@
 import numpy as np
 import pytest
 
-from snncompiler.runtime import InputError, SpikingNetwork
-from snncompiler.runtime.stats import activity, dense_macs
-from tests.runtime.programs import conv_snm_pool_gemm
+from snncompiler.runtime import InputError, Node, Program, SpikingNetwork, TensorSpec
+from snncompiler.runtime.stats import (
+    Activity,
+    LayerActivity,
+    activity,
+    combine,
+    dense_macs,
+    spike_sources,
+)
+from tests.runtime.programs import conv_snm_pool_gemm, residual
 from tests.runtime.test_fused import every_fused_op, inputs
 
 
@@ -54,3 +61,87 @@ def test_activity_counts_streaming_steps_and_restarts_on_reset():
     net.reset()
     with pytest.raises(InputError, match="run the network"):
         activity(net)
+
+
+def two_layers_into_one_conv(seed: int = 0) -> Program:
+    """x (2, 5, 5) -> c1 -> n1 -> c2 -> n2 -> add(s1, s2) -> c3 -> n3 -> gap -> fc (3).
+
+    c3 adds the spikes of two neuron layers at once (through the add), so its synaptic
+    operations belong to neither alone.
+    """
+    rng = np.random.default_rng(seed)
+    theta = np.full((1, 2), 0.6, np.float32)
+
+    def conv(name, src, dst):
+        return Node(name, "conv", (src,), dst,
+                    {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1},
+                    {"weight": rng.normal(0, 0.5, (2, 2, 3, 3)).astype(np.float32),
+                     "bias": rng.normal(0.2, 0.1, 2).astype(np.float32)}, (2, 5, 5))
+
+    def snm(name, src, dst):
+        return Node(name, "snm", (src,), dst, {"theta_neg": "zero", "max_spikes_per_step": 1},
+                    {"theta": theta, "v0": theta / 2}, (2, 5, 5))
+
+    nodes = [
+        conv("c1", "x", "a1"), snm("n1", "a1", "s1"), conv("c2", "s1", "a2"),
+        snm("n2", "a2", "s2"), Node("add", "add", ("s1", "s2"), "r", {}, {}, (2, 5, 5)),
+        conv("c3", "r", "a3"), snm("n3", "a3", "s3"),
+        Node("gap", "global_avgpool", ("s3",), "g", {}, {}, (2, 1, 1)),
+        Node("flat", "reshape", ("g",), "f", {"shape": [2]}, {}, (2,)),
+        Node("fc", "gemm", ("f",), "y", {},
+             {"weight": rng.normal(0, 0.5, (2, 3)).astype(np.float32),
+              "bias": np.zeros(3, np.float32)}, (3,)),
+    ]
+    return Program([TensorSpec("x", (2, 5, 5))], [TensorSpec("y", (3,))], nodes, [16], 16)
+
+
+def test_spike_sources_look_through_pools_reshapes_and_adds():
+    net = SpikingNetwork(two_layers_into_one_conv())
+    net.run(inputs((2, 5, 5), batch=2), 4)
+    sources = {layer.name: layer.sources for layer in activity(net).layers
+               if layer.kind == "synapses"}
+    assert sources == {"c2": ("n1",), "c3": ("n1", "n2"), "fc": ("n3",)}
+    assert spike_sources(net.program, "f") == ("n3",)
+    # The static input of the first conv is no spike source.
+    assert spike_sources(net.program, "x") == ()
+    assert spike_sources(net.program, "a1", net.is_dynamic) == ()
+
+
+def test_combine_weights_each_batch_by_its_images():
+    net = SpikingNetwork(residual())
+    x = inputs((3, 6, 6), batch=5)
+    net.run(x, 8)
+    whole = activity(net)
+    assert whole.synaptic_ops > 0 and whole.mean_firing_rate() > 0
+    parts = []
+    for batch in (x[:2], x[2:]):
+        net.run(batch, 8)
+        parts.append(activity(net))
+    combined = combine(parts)
+    assert (combined.images, combined.steps) == (5, 8)
+    assert combined.synaptic_ops == pytest.approx(whole.synaptic_ops)
+    for got, want in zip(combined.layers, whole.layers):
+        assert (got.name, got.kind, got.sources) == (want.name, want.kind, want.sources)
+        assert got.per_image == pytest.approx(want.per_image)
+        assert got.firing_rate == pytest.approx(want.firing_rate)
+    assert combined.mean_firing_rate() == pytest.approx(whole.mean_firing_rate())
+    net.run(x, 4)
+    with pytest.raises(InputError, match="same steps"):
+        combine([whole, activity(net)])
+    with pytest.raises(InputError, match="no activity"):
+        combine([])
+
+
+def test_mean_firing_rate_weighs_layers_by_their_neurons():
+    net = SpikingNetwork(conv_snm_pool_gemm())
+    net.run(inputs((1, 8, 8), batch=3), 6)
+    report = activity(net)
+    (layer,) = report.neurons()
+    assert report.mean_firing_rate() == pytest.approx(layer.firing_rate)
+    # Total spikes over total neuron-steps: a small busy layer next to a big silent one.
+    layers = [LayerActivity("small", "snm", "neurons", 40.0, 0, 10, 1.0),
+              LayerActivity("big", "snm", "neurons", 0.0, 0, 90, 0.0),
+              LayerActivity("fc", "gemm", "synapses", 123.0, 500, sources=("small",))]
+    report = Activity(4, 1, layers, 123.0, 0, 500)
+    assert report.mean_firing_rate() == pytest.approx(40 / (100 * 4))  # not (1 + 0) / 2
+    assert Activity(4, 1, layers[2:], 123.0, 0, 500).mean_firing_rate() == 0.0

@@ -1,12 +1,14 @@
 """The snnc command line, through click's test runner, on the shipped demo model."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from snncompiler.cli import main
+from snncompiler.context import CompileConfig
 from snncompiler.demo import demo_files
 from snncompiler.runtime import load
 
@@ -69,6 +71,63 @@ def test_eval_prints_a_table_and_writes_json(demo, compiled, tmp_path):
     assert 0.5 < data["ann_accuracy"] <= 1.0
 
 
+def test_eval_reports_the_work_per_image(demo, compiled, tmp_path):
+    spec, folder = demo
+    out, _ = compiled
+    report = tmp_path / "results.json"
+    result = CliRunner().invoke(main, [
+        "eval", str(out), "--data", str(folder / spec["test"]), "-T", "1,4,8",
+        "--json", str(report), "--limit", "40", "--batch-size", "16", "-q",
+        *preprocessing_args(spec)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    # Calibrated for T = 8 and 4: T = 1 runs with the set for 4, in the run of T = 4.
+    assert data["parameters_for"] == [4, 4, 8]
+    assert data["synaptic_ops"][0] is None and data["mean_firing_rate"][0] is None
+    macs = data["ann_macs"]
+    assert macs > data["static_macs"] > 0
+    for i, t in ((1, 4), (2, 8)):
+        assert data["synaptic_ops"][i] > 0 and 0 < data["mean_firing_rate"][i] < 1
+        assert data["synaptic_ops_per_ann_mac"][i] == pytest.approx(
+            data["synaptic_ops"][i] / (macs * t))
+    assert data["layer_activity_timesteps"] == 8
+    layers = data["layer_activity"]
+    assert [row["layer"] for row in layers] == [n.name for n in load(out).program.neuron_nodes()]
+    assert sum(row["synaptic_ops"] or 0 for row in layers) == pytest.approx(data["synaptic_ops"][2])
+    lines = result.output.splitlines()
+    table = lines.index(next(line for line in lines if line.split()[:2] == ["T", "synaptic"]))
+    assert [line.split()[0] for line in lines[table + 2:table + 4]] == ["4", "8"]
+    assert "per layer at T=8" in result.output
+    assert all(row["layer"] in result.output for row in layers)
+
+
+def test_compile_option_defaults_are_the_compile_config_defaults():
+    default = CompileConfig()
+    options = {param.name: param for param in main.commands["compile"].params}
+    assert options["timesteps"].default == ",".join(map(str, default.timesteps))
+    for option, field in [("theta_neg", "theta_neg"), ("initial_potential", "initial_potential"),
+                          ("granularity", "granularity"), ("max_spikes", "max_spikes_per_step"),
+                          ("second_stage", "second_stage")]:
+        assert options[option].default == getattr(default, field), option
+
+
+def test_compile_without_options_compiles_with_the_compile_config(demo, tmp_path, monkeypatch):
+    spec, folder = demo
+    seen = {}
+
+    def capture(model, calibration, config):
+        seen["config"] = config
+        raise KeyboardInterrupt  # the configuration is all this test needs
+
+    monkeypatch.setattr("snncompiler.pipeline.compile_model", capture)
+    result = CliRunner().invoke(main, [
+        str(folder / spec["model"]), "-o", str(tmp_path / "a.snn"), "--calib",
+        str(folder / spec["calibration"]), "--calib-samples", "4", "-q",
+        *preprocessing_args(spec)])
+    assert result.exit_code == 130
+    assert seen["config"] == replace(CompileConfig(), progress=False)
+
+
 def test_inspect_onnx_lists_every_node_and_a_verdict(demo):
     spec, folder = demo
     result = CliRunner().invoke(main, ["inspect", str(folder / spec["model"])])
@@ -116,3 +175,6 @@ def test_demo_runs_offline_and_reports_every_t(tmp_path, monkeypatch):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["timesteps"] == [4, 16] and data["n"] == 1000
     assert data["snn_accuracy"][1] > 0.8 and data["agreement"][1] > 0.85
+    # Each T has its own parameter set, so each is counted.
+    assert all(ops > 0 for ops in data["synaptic_ops"]) and data["ann_macs"] > 0
+    assert "synaptic ops" in result.output and "per layer at T=16" in result.output

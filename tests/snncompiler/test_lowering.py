@@ -1,7 +1,5 @@
-"""Every supported linear op: lowered on the static path, the SNN equals onnxruntime at T=1.
-
-Without a neuron in the graph nothing spikes, so the network is the ANN itself, computed by
-the runtime's own kernels: any lowering or kernel mistake shows up as a mismatch.
+"""Every supported linear op: lowered on the static path, the SNN equals onnxruntime at T=1
+(see ``conversion.assert_static_path_matches_onnxruntime``); unsupported ops are refused.
 """
 
 import numpy as np
@@ -9,8 +7,7 @@ import pytest
 
 from snncompiler.errors import UnsupportedOpError
 from tests.graph_builder import GraphBuilder
-from tests.onnx_models import run
-from tests.snncompiler.conversion import convert
+from tests.snncompiler.conversion import assert_static_path_matches_onnxruntime, convert
 
 CASES = {
     "conv": lambda b: b.conv(5, kernel=3, stride=1, pad=1),
@@ -39,12 +36,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_linear_op_matches_onnxruntime(case, tmp_path):
-    builder = GraphBuilder((3, 7, 7), np.random.default_rng(0))
-    CASES[case](builder)
-    model = builder.model()
-    x = np.random.default_rng(1).normal(size=(4, 3, 7, 7)).astype(np.float32)
-    net = convert(model, x, tmp_path)
-    np.testing.assert_allclose(net.run(x, 1)[0], run(model, x=x)[0], rtol=1e-4, atol=1e-5)
+    assert_static_path_matches_onnxruntime(CASES[case], tmp_path)
 
 
 def test_unsupported_op_names_the_node_the_op_and_the_supported_ops(tmp_path):

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 
 from snncompiler.errors import InputError, UnsupportedOpError
 from tests.graph_builder import GraphBuilder
-from tests.onnx_models import run
-from tests.snncompiler.conversion import convert, relative_errors
-
-# Until engine.py registers these ops (see tests/conftest.py).
+from tests.snncompiler.conversion import (
+    assert_converges,
+    assert_static_path_matches_onnxruntime,
+    convert,
+)
 
 
 def ints(name, values, builder):
@@ -159,12 +160,7 @@ LINEAR_CASES = {
 
 @pytest.mark.parametrize("case", sorted(LINEAR_CASES))
 def test_linear_op_matches_onnxruntime(case, tmp_path):
-    builder = GraphBuilder((3, 7, 7), np.random.default_rng(0))
-    LINEAR_CASES[case](builder)
-    model = builder.model()
-    x = np.random.default_rng(1).normal(size=(4, 3, 7, 7)).astype(np.float32)
-    net = convert(model, x, tmp_path)
-    np.testing.assert_allclose(net.run(x, 1)[0], run(model, x=x)[0], rtol=1e-4, atol=1e-5)
+    assert_static_path_matches_onnxruntime(LINEAR_CASES[case], tmp_path)
 
 
 def test_zero_pad_is_folded_into_the_conv(tmp_path):
@@ -251,11 +247,7 @@ def test_snn_with_neuron_converges_to_onnxruntime(case, theta_neg, tmp_path):
     softmax_at_output(builder)
     model = builder.model()
     x = rng.normal(size=(12, 2, 6, 6)).astype(np.float32)
-    net = convert(model, x, tmp_path, threshold_percentiles=(100.0,), initial_potential="half",
-                  theta_neg=theta_neg, timesteps=(256,))
-    errors = relative_errors(model, net, x, (8, 32, 256))
-    assert errors[256] < 0.05, errors
-    assert errors[256] < errors[8], errors
+    assert_converges(model, x, tmp_path, (8, 32, 256), theta_neg=theta_neg)
 
 
 def test_clip_neuron_is_exact_on_multiples_of_theta_over_t(tmp_path):
@@ -353,11 +345,8 @@ def test_allowed_analog_ops_converge_and_are_reported(gate, tmp_path):
     builder.global_avgpool()
     model = builder.model()
     x = rng.normal(size=(8, 2, 6, 6)).astype(np.float32)
-    net = convert(model, x, tmp_path, threshold_percentiles=(100.0,), initial_potential="half",
-                  timesteps=(256,), allow_analog=allowed)
+    net, _ = assert_converges(model, x, tmp_path, (8, 256), allow_analog=allowed)
     assert net.program.metadata["analog"]
-    errors = relative_errors(model, net, x, (8, 256))
-    assert errors[256] < 0.05, errors
 
 
 def test_softmax_readout_is_softmax_of_the_averaged_logits(tmp_path):
@@ -379,7 +368,6 @@ def test_softmax_readout_is_softmax_of_the_averaged_logits(tmp_path):
     expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(probabilities.sum(-1), 1, rtol=1e-5)
-
 
 
 # --------------------------------------------------------------------------- property
@@ -415,8 +403,4 @@ def test_random_graphs_of_the_new_ops_converge(blocks, theta_neg, seed, tmp_path
     builder.gemm(4)
     model = builder.model()
     x = rng.normal(size=(12, 2, 8, 8)).astype(np.float32)
-    net = convert(model, x, tmp_path, threshold_percentiles=(100.0,), initial_potential="half",
-                  theta_neg=theta_neg, timesteps=(256,))
-    errors = relative_errors(model, net, x, (8, 64, 256))
-    assert errors[256] < 0.05, errors
-    assert errors[256] < errors[8], errors
+    assert_converges(model, x, tmp_path, (8, 64, 256), theta_neg=theta_neg)
