@@ -36,7 +36,7 @@ $(TORCH_STAMP): pyproject.toml
 
 fidelity: $(STAMP) $(TORCH_STAMP)
 	$(BIN)/python -m pip install --quiet matplotlib
-	$(BIN)/python benchmarks/fidelity.py --variants dni_ss --out $(RESULTS)/fidelity_10k.json
+	$(BIN)/python benchmarks/fidelity.py --variants dni_ss,dni --out $(RESULTS)/fidelity_10k.json
 	$(BIN)/python benchmarks/fidelity.py --limit 1000 --out $(RESULTS)/fidelity.json
 	$(TORCH_VENV)/bin/python benchmarks/peers/spikingjelly_ann2snn.py \
 		--timesteps 1,2,4,8,16,32,64 --out $(RESULTS)/spikingjelly.json
@@ -46,7 +46,7 @@ fidelity: $(STAMP) $(TORCH_STAMP)
 	$(BIN)/python benchmarks/fidelity.py --report
 
 speed: $(STAMP) $(TORCH_STAMP)
-	$(BIN)/python benchmarks/speed.py --spikingjelly
+	$(BIN)/python benchmarks/speed.py --models vgg,resnet,demo --spikingjelly
 
 demo: $(STAMP)
 	$(BIN)/snnc demo

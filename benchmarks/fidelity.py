@@ -8,19 +8,20 @@ It installs what it needs (``.venv`` with matplotlib; ``.venv-torch`` with the p
 torch and SpikingJelly for the peer; Debian's ``dataset-fashion-mnist`` must be installed)
 and runs, in order::
 
-    .venv/bin/python benchmarks/fidelity.py --variants dni_ss --out docs/results/fidelity_10k.json
+    .venv/bin/python benchmarks/fidelity.py --variants dni_ss,dni \\
+        --out docs/results/fidelity_10k.json
     .venv/bin/python benchmarks/fidelity.py --limit 1000      # docs/results/fidelity.json
     .venv-torch/bin/python benchmarks/peers/spikingjelly_ann2snn.py --timesteps 1,2,4,8,16,32,64
     .venv/bin/python benchmarks/fidelity.py --models demo ... # fidelity_neurons.json
     .venv/bin/python benchmarks/fidelity.py --report          # fidelity_tables.md, fidelity.png
 
-The first run is the compiler's default (DNI + second stage) on all 10,000 test images, the
-data of the targets; the second is the ablation, every variant of :data:`VARIANTS` on the
-first 1,000 test images; the third is SpikingJelly on all 10,000; the fourth is the neuron
-ablation on the demo CNN (one change at a time from DNI with the old threshold grid, 2,000
-test images, T = 4, 8, 32; the Makefile has its full arguments). ``--report`` only reads
-the JSON files. matplotlib only draws the plot; without it the Markdown is still
-written.
+The first run is the compiler's default (DNI + second stage), and DNI without the second
+stage, on all 10,000 test images, the data of the targets; the second is the ablation,
+every variant of :data:`VARIANTS` on the first 1,000 test images; the third is SpikingJelly
+on all 10,000; the fourth is the neuron ablation on the demo CNN (one change at a time from
+DNI with the old threshold grid, 2,000 test images, T = 4, 8, 32; the Makefile has its full
+arguments). ``--report`` only reads the JSON files. matplotlib only draws the plot; without
+it the Markdown is still written.
 
 What it measures, on each benchmark ANN of ``benchmarks/models/models.json``: each variant
 is compiled once, calibrated for every T of the grid at once (one row of neuron parameters
@@ -260,7 +261,9 @@ def targets_section(full: dict, peers: dict | None) -> list[str]:
     grid = full["timesteps"]
     n_peer = (peers or {}).get("test", {}).get("images")
     lines = [f"## Targets: the default on {full['test']['images']:,} test images", ""]
-    if n_peer != full["test"]["images"]:
+    if peers is None:
+        lines += ["SpikingJelly: no results (run benchmarks/peers/spikingjelly_ann2snn.py).", ""]
+    elif n_peer != full["test"]["images"]:
         # Differences between accuracies on different images would mean little.
         lines += [f"SpikingJelly's results are for {n_peer} test images, not these: not "
                   "compared (rerun benchmarks/peers/spikingjelly_ann2snn.py).", ""]
@@ -279,6 +282,9 @@ def targets_section(full: dict, peers: dict | None) -> list[str]:
                 ["target gap"] + [f"<= {TARGET_GAPS[t]}" if t in TARGET_GAPS else ""
                                   for t in grid],
                 ["agreement with the ANN (%)"] + _cells(_percent(v["agreement"]))]
+        for key, other in model["variants"].items():
+            if key != DEFAULT_VARIANT:
+                rows.append([f"ours: {other['label']}"] + _cells(_percent(other["accuracy"])))
         rows += [[f"SpikingJelly ann2snn, mode {mode}"] + _cells(r) for mode, r in peer.items()]
         if peer:
             rows.append(["ours minus the better SpikingJelly mode"]
@@ -332,9 +338,12 @@ def write_report(results: Path) -> None:
     neurons = _read(results / "fidelity_neurons.json")
     if neurons:
         lines += ablation_section(neurons, "Neuron ablation: one change at a time")
-    for data in (full, ablation):
+    for data in (full, ablation, neurons):
         if data:
-            lines.append(f"Machine: {data['machine']}")
+            m = data["machine"]
+            lines.append(f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, "
+                         f"numpy {m['numpy']}, numba {m['numba']}, onnxruntime "
+                         f"{m['onnxruntime']}, snncompiler {m['snncompiler']}.")
             break
     (results / "fidelity_tables.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {results / 'fidelity_tables.md'}")

@@ -1,6 +1,7 @@
 """Speed and memory of the spiking runtime against onnxruntime and SpikingJelly (issue 5).
 
-From a fresh clone::
+From a fresh clone, ``make speed`` sets up both venvs and runs the whole benchmark
+(``--models vgg,resnet,demo --spikingjelly``). By hand::
 
     python3 -m venv .venv && .venv/bin/pip install -e .
     .venv/bin/python benchmarks/speed.py                   # ours and onnxruntime
@@ -9,8 +10,9 @@ From a fresh clone::
 
 It prints the table and writes ``docs/results/speed.md`` and ``speed.json`` (``--only
 calibration`` prints that table alone and writes only where ``--json`` says). SpikingJelly
-runs in the torch venv (``.venv-torch``, set up as ``benchmarks/peers/spikingjelly_speed.py``
-says), as a subprocess: the project's venv has no torch.
+runs in the torch venv (``.venv-torch``, set up by ``make speed``, or by hand as
+``benchmarks/peers/spikingjelly_speed.py`` says), as a subprocess: the project's venv has no
+torch.
 
 What it measures, for each benchmark ANN of ``benchmarks/models/models.json`` that exists
 (``--models``, default vgg and resnet; the demo CNN stands in when neither does), on a batch
@@ -444,7 +446,8 @@ NOTES = [
     "- *step() memory*: peak RSS after T streaming steps of the whole batch; the network's "
     "state is allocated at the first step and nothing grows with T.",
     "- *calibration*: `snncompiler.passes.calibration_stats.collect_activation_stats` over "
-    "the inputs of every Relu, batches of 64 test images, against `InferenceSession.run` "
+    "every Relu's input (fetched as its output: same positive values), batches of 64 test "
+    "images, against `InferenceSession.run` "
     "on the same batches; both at 1 and at the full thread count (`threads=` of the pass: "
     "onnxruntime's intra-op threads and the histogram threads; it also runs onnxruntime one "
     "batch ahead in a thread of its own), interleaved, best of the runs after a first one; "

@@ -9,9 +9,6 @@ reference's counts, sums, ranges and maxima bit for bit.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from unittest import mock
@@ -32,6 +29,7 @@ from snncompiler.passes.calibration_stats import ChannelHistogram, collect_activ
 from snncompiler.passes.dni import choose_neuron_parameters
 from tests.passes.test_calibrate_neurons import batches as tiny_batches
 from tests.passes.test_calibrate_neurons import tiny_model
+from tests.without_jit import assert_prints_same_without_jit
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -229,11 +227,7 @@ def test_kernels_give_the_same_bits_without_the_jit(tmp_path):
             np.testing.assert_array_equal(getattr(hist, field), data["_" + field])
         print("same")
     """)
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, cwd=root, timeout=600)
-    assert done.stdout.strip() == "same", done.stdout + done.stderr
+    assert_prints_same_without_jit(code)
 
 
 # ---------------------------------------------------------------- collect_activation_stats

@@ -30,28 +30,66 @@ def conv_snm_pool_gemm(seed: int = 0, theta_neg: str = "zero", timesteps=(32,)) 
                    list(timesteps), timesteps[0])
 
 
-def residual(seed: int = 0) -> Program:
-    """input (3, 6, 6) -> conv -> SNM -> conv -> add(skip) -> SNM -> global avg -> gemm."""
-    rng = np.random.default_rng(seed)
-    theta = np.full((1, 3), 0.8, np.float32)
+def _same_size_conv(rng, channels: int, size: int, weight_std: float, bias_mean: float):
+    """A factory of 3x3, stride-1, same-padding convs of ``channels`` -> ``channels``."""
 
     def conv(name, src, dst):
         return Node(name, "conv", (src,), dst,
                     {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1},
-                    {"weight": rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32),
-                     "bias": rng.normal(0, 0.1, 3).astype(np.float32)}, (3, 6, 6))
+                    {"weight": rng.normal(0, weight_std, (channels, channels, 3, 3)
+                                          ).astype(np.float32),
+                     "bias": rng.normal(bias_mean, 0.1, channels).astype(np.float32)},
+                    (channels, size, size))
+
+    return conv
+
+
+def _snm_layer(theta: np.ndarray, shape: tuple):
+    """A factory of SNM layers with thresholds ``theta`` and ``v0 = theta / 2``."""
 
     def snm(name, src, dst):
         return Node(name, "snm", (src,), dst, {"theta_neg": "zero", "max_spikes_per_step": 1},
-                    {"theta": theta, "v0": theta / 2}, (3, 6, 6))
+                    {"theta": theta, "v0": theta / 2}, shape)
 
+    return snm
+
+
+def _pool_and_classify(rng, src: str, channels: int, classes: int) -> list[Node]:
+    return [
+        Node("gap", "global_avgpool", (src,), "g", {}, {}, (channels, 1, 1)),
+        Node("flat", "reshape", ("g",), "f", {"shape": [channels]}, {}, (channels,)),
+        Node("fc", "gemm", ("f",), "y", {},
+             {"weight": rng.normal(0, 0.5, (channels, classes)).astype(np.float32),
+              "bias": np.zeros(classes, np.float32)}, (classes,)),
+    ]
+
+
+def residual(seed: int = 0) -> Program:
+    """input (3, 6, 6) -> conv -> SNM -> conv -> add(skip) -> SNM -> global avg -> gemm."""
+    rng = np.random.default_rng(seed)
+    conv = _same_size_conv(rng, 3, 6, weight_std=0.3, bias_mean=0.0)
+    snm = _snm_layer(np.full((1, 3), 0.8, np.float32), (3, 6, 6))
     nodes = [
         conv("c1", "x", "a1"), snm("n1", "a1", "s1"), conv("c2", "s1", "a2"),
         Node("add", "add", ("a2", "s1"), "r", {}, {}, (3, 6, 6)), snm("n2", "r", "s2"),
-        Node("gap", "global_avgpool", ("s2",), "g", {}, {}, (3, 1, 1)),
-        Node("flat", "reshape", ("g",), "f", {"shape": [3]}, {}, (3,)),
-        Node("fc", "gemm", ("f",), "y", {},
-             {"weight": rng.normal(0, 0.5, (3, 4)).astype(np.float32),
-              "bias": np.zeros(4, np.float32)}, (4,)),
+        *_pool_and_classify(rng, "s2", 3, 4),
     ]
     return Program([TensorSpec("x", (3, 6, 6))], [TensorSpec("y", (4,))], nodes, [32], 32)
+
+
+def two_layers_into_one_conv(seed: int = 0) -> Program:
+    """x (2, 5, 5) -> c1 -> n1 -> c2 -> n2 -> add(s1, s2) -> c3 -> n3 -> gap -> fc (3).
+
+    c3 adds the spikes of two neuron layers at once (through the add), so its synaptic
+    operations belong to neither alone.
+    """
+    rng = np.random.default_rng(seed)
+    conv = _same_size_conv(rng, 2, 5, weight_std=0.5, bias_mean=0.2)
+    snm = _snm_layer(np.full((1, 2), 0.6, np.float32), (2, 5, 5))
+    nodes = [
+        conv("c1", "x", "a1"), snm("n1", "a1", "s1"), conv("c2", "s1", "a2"),
+        snm("n2", "a2", "s2"), Node("add", "add", ("s1", "s2"), "r", {}, {}, (2, 5, 5)),
+        conv("c3", "r", "a3"), snm("n3", "a3", "s3"),
+        *_pool_and_classify(rng, "s3", 2, 3),
+    ]
+    return Program([TensorSpec("x", (2, 5, 5))], [TensorSpec("y", (3,))], nodes, [16], 16)

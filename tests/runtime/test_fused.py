@@ -1,8 +1,5 @@
 """The fused executor against the node executor, on programs that use every fused op."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -10,6 +7,7 @@ import pytest
 
 from snncompiler.runtime import InputError, Node, Program, SpikingNetwork, TensorSpec
 from tests.runtime.programs import conv_snm_pool_gemm, residual
+from tests.without_jit import assert_prints_same_without_jit
 
 
 def conv(name, src, dst, rng, c_in, c_out, shape, stride=1, pad=1, kernel=3):
@@ -179,8 +177,4 @@ def test_kernels_give_the_same_bits_without_the_jit(tmp_path):
             np.testing.assert_array_equal(value, data[name])
         print("same")
     """)
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, cwd=root, timeout=600)
-    assert done.stdout.strip() == "same", done.stdout + done.stderr
+    assert_prints_same_without_jit(code)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from snncompiler.runtime import InputError, Node, Program, SpikingNetwork, TensorSpec
+from snncompiler.runtime import InputError, SpikingNetwork
 from snncompiler.runtime.stats import (
     Activity,
     LayerActivity,
@@ -12,7 +12,7 @@ from snncompiler.runtime.stats import (
     dense_macs,
     spike_sources,
 )
-from tests.runtime.programs import conv_snm_pool_gemm, residual
+from tests.runtime.programs import conv_snm_pool_gemm, residual, two_layers_into_one_conv
 from tests.runtime.test_fused import every_fused_op, inputs
 
 
@@ -61,38 +61,6 @@ def test_activity_counts_streaming_steps_and_restarts_on_reset():
     net.reset()
     with pytest.raises(InputError, match="run the network"):
         activity(net)
-
-
-def two_layers_into_one_conv(seed: int = 0) -> Program:
-    """x (2, 5, 5) -> c1 -> n1 -> c2 -> n2 -> add(s1, s2) -> c3 -> n3 -> gap -> fc (3).
-
-    c3 adds the spikes of two neuron layers at once (through the add), so its synaptic
-    operations belong to neither alone.
-    """
-    rng = np.random.default_rng(seed)
-    theta = np.full((1, 2), 0.6, np.float32)
-
-    def conv(name, src, dst):
-        return Node(name, "conv", (src,), dst,
-                    {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1},
-                    {"weight": rng.normal(0, 0.5, (2, 2, 3, 3)).astype(np.float32),
-                     "bias": rng.normal(0.2, 0.1, 2).astype(np.float32)}, (2, 5, 5))
-
-    def snm(name, src, dst):
-        return Node(name, "snm", (src,), dst, {"theta_neg": "zero", "max_spikes_per_step": 1},
-                    {"theta": theta, "v0": theta / 2}, (2, 5, 5))
-
-    nodes = [
-        conv("c1", "x", "a1"), snm("n1", "a1", "s1"), conv("c2", "s1", "a2"),
-        snm("n2", "a2", "s2"), Node("add", "add", ("s1", "s2"), "r", {}, {}, (2, 5, 5)),
-        conv("c3", "r", "a3"), snm("n3", "a3", "s3"),
-        Node("gap", "global_avgpool", ("s3",), "g", {}, {}, (2, 1, 1)),
-        Node("flat", "reshape", ("g",), "f", {"shape": [2]}, {}, (2,)),
-        Node("fc", "gemm", ("f",), "y", {},
-             {"weight": rng.normal(0, 0.5, (2, 3)).astype(np.float32),
-              "bias": np.zeros(3, np.float32)}, (3,)),
-    ]
-    return Program([TensorSpec("x", (2, 5, 5))], [TensorSpec("y", (3,))], nodes, [16], 16)
 
 
 def test_spike_sources_look_through_pools_reshapes_and_adds():

@@ -18,9 +18,8 @@ from snncompiler.evaluate import (
 from snncompiler.npz import Dataset
 from snncompiler.runtime.engine import SpikingNetwork
 from snncompiler.runtime.stats import activity
-from tests.runtime.programs import conv_snm_pool_gemm, residual
+from tests.runtime.programs import conv_snm_pool_gemm, residual, two_layers_into_one_conv
 from tests.runtime.test_fused import every_fused_op, inputs
-from tests.runtime.test_stats import two_layers_into_one_conv
 
 
 def dataset(shape, n=5, classes=4, seed=0) -> Dataset:
