@@ -36,8 +36,7 @@ $(TORCH_STAMP): pyproject.toml
 
 fidelity: $(STAMP) $(TORCH_STAMP)
 	$(BIN)/python -m pip install --quiet matplotlib
-	$(BIN)/python benchmarks/fidelity.py --variants dni_ss,dni --out $(RESULTS)/fidelity_10k.json
-	$(BIN)/python benchmarks/fidelity.py --limit 1000 --out $(RESULTS)/fidelity.json
+	$(BIN)/python benchmarks/fidelity.py --out $(RESULTS)/fidelity_10k.json
 	$(TORCH_VENV)/bin/python benchmarks/peers/spikingjelly_ann2snn.py \
 		--timesteps 1,2,4,8,16,32,64 --out $(RESULTS)/spikingjelly.json
 	$(BIN)/python benchmarks/fidelity.py --models demo --timesteps 4,8,32 --limit 2000 \

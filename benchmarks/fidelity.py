@@ -8,20 +8,17 @@ It installs what it needs (``.venv`` with matplotlib; ``.venv-torch`` with the p
 torch and SpikingJelly for the peer; Debian's ``dataset-fashion-mnist`` must be installed)
 and runs, in order::
 
-    .venv/bin/python benchmarks/fidelity.py --variants dni_ss,dni \\
-        --out docs/results/fidelity_10k.json
-    .venv/bin/python benchmarks/fidelity.py --limit 1000      # docs/results/fidelity.json
+    .venv/bin/python benchmarks/fidelity.py                   # docs/results/fidelity_10k.json
     .venv-torch/bin/python benchmarks/peers/spikingjelly_ann2snn.py --timesteps 1,2,4,8,16,32,64
     .venv/bin/python benchmarks/fidelity.py --models demo ... # fidelity_neurons.json
     .venv/bin/python benchmarks/fidelity.py --report          # fidelity_tables.md, fidelity.png
 
-The first run is the compiler's default (DNI + second stage), and DNI without the second
-stage, on all 10,000 test images, the data of the targets; the second is the ablation,
-every variant of :data:`VARIANTS` on the first 1,000 test images; the third is SpikingJelly
-on all 10,000; the fourth is the neuron ablation on the demo CNN (one change at a time from
-DNI with the old threshold grid, 2,000 test images, T = 4, 8, 32; the Makefile has its full
-arguments). ``--report`` only reads the JSON files. matplotlib only draws the plot; without
-it the Markdown is still written.
+The first run is every variant of :data:`VARIANTS` (the compiler's default, DNI + second
+stage, and the ablation of issue 3) on both ANNs and all 10,000 test images, T = 1 ... 128;
+the second is SpikingJelly on the same images; the third is the neuron ablation on the demo
+CNN (one change at a time from DNI with the old threshold grid, 2,000 test images, T = 4,
+8, 32; the Makefile has its full arguments). ``--report`` only reads the JSON files.
+matplotlib only draws the plot; without it the Markdown is still written.
 
 What it measures, on each benchmark ANN of ``benchmarks/models/models.json``: each variant
 is compiled once, calibrated for every T of the grid at once (one row of neuron parameters
@@ -230,6 +227,7 @@ TARGET_GAPS = {4: 3.0, 8: 1.0, 32: 0.2}
 # ... and the peer must be beaten at every T up to this one.
 PEER_HORIZON = 64
 DEFAULT_VARIANT = "dni_ss"
+RESULTS_FILE = "fidelity_10k.json"  # the default run: every variant, all 10,000 test images
 
 
 def _read(path: Path) -> dict | None:
@@ -282,9 +280,6 @@ def targets_section(full: dict, peers: dict | None) -> list[str]:
                 ["target gap"] + [f"<= {TARGET_GAPS[t]}" if t in TARGET_GAPS else ""
                                   for t in grid],
                 ["agreement with the ANN (%)"] + _cells(_percent(v["agreement"]))]
-        for key, other in model["variants"].items():
-            if key != DEFAULT_VARIANT:
-                rows.append([f"ours: {other['label']}"] + _cells(_percent(other["accuracy"])))
         rows += [[f"SpikingJelly ann2snn, mode {mode}"] + _cells(r) for mode, r in peer.items()]
         if peer:
             rows.append(["ours minus the better SpikingJelly mode"]
@@ -308,37 +303,41 @@ def targets_section(full: dict, peers: dict | None) -> list[str]:
     return lines
 
 
+def _in_order(model: dict) -> list[tuple[str, dict]]:
+    """A model's variants in the order of :data:`ALL_VARIANTS`, whatever order they ran in."""
+    return [(key, model["variants"][key]) for key in ALL_VARIANTS if key in model["variants"]]
+
+
 def ablation_section(ablation: dict, title: str) -> list[str]:
     grid = ablation["timesteps"]
-    lines = [f"## {title}, on the first {ablation['test']['images']:,} test images", ""]
+    lines = [f"## {title}, on {ablation['test']['images']:,} test images", ""]
     for name, model in ablation["models"].items():
         ann = 100 * model["ann_accuracy"]
         lines += [f"### {name}: ANN {ann:.2f}% on these images", "", "Accuracy (%):", ""]
         lines += _table(["variant", *(f"T={t}" for t in grid)],
                         [[v["label"]] + _cells(_percent(v["accuracy"]))
-                         for v in model["variants"].values()])
+                         for _, v in _in_order(model)])
         lines += ["Top-1 agreement with the ANN (%):", ""]
         lines += _table(["variant", *(f"T={t}" for t in grid)],
                         [[v["label"]] + _cells(_percent(v["agreement"]))
-                         for v in model["variants"].values()])
+                         for _, v in _in_order(model)])
     return lines
 
 
 def write_report(results: Path) -> None:
     """``fidelity_tables.md`` and ``fidelity.png`` from the JSON files of the runs."""
-    full = _read(results / "fidelity_10k.json")
-    ablation = _read(results / "fidelity.json")
+    full = _read(results / RESULTS_FILE)
     peers = _read(results / "spikingjelly.json")
-    lines = ["<!-- written by benchmarks/fidelity.py --report from fidelity_10k.json, "
-             "fidelity.json and spikingjelly.json; the discussion is in fidelity.md -->", ""]
+    lines = [f"<!-- written by benchmarks/fidelity.py --report from {RESULTS_FILE}, "
+             "fidelity_neurons.json and spikingjelly.json; the discussion is in fidelity.md "
+             "-->", ""]
     if full:
         lines += targets_section(full, peers)
-    if ablation:
-        lines += ablation_section(ablation, "Ablation: the variants of issue 3")
+        lines += ablation_section(full, "Ablation: the variants of issue 3")
     neurons = _read(results / "fidelity_neurons.json")
     if neurons:
         lines += ablation_section(neurons, "Neuron ablation: one change at a time")
-    for data in (full, ablation, neurons):
+    for data in (full, neurons):
         if data:
             m = data["machine"]
             lines.append(f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, "
@@ -347,10 +346,11 @@ def write_report(results: Path) -> None:
             break
     (results / "fidelity_tables.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {results / 'fidelity_tables.md'}")
-    plot(full, ablation, peers, results / "fidelity.png")
+    if full:
+        plot(full, peers, results / "fidelity.png")
 
 
-def plot(full: dict | None, ablation: dict | None, peers: dict | None, path: Path) -> None:
+def plot(full: dict, peers: dict | None, path: Path) -> None:
     try:
         import matplotlib
 
@@ -359,33 +359,25 @@ def plot(full: dict | None, ablation: dict | None, peers: dict | None, path: Pat
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
         return
-    names = list((full or ablation)["models"])
-    # Row 1: the default against the peer on the full test set; rows 2 and 3: the ablation,
-    # over the whole range (the baselines start near chance) and near the ANN.
+    names, grid, n = list(full["models"]), full["timesteps"], full["test"]["images"]
+    # Row 1: the default against the peer; rows 2 and 3: every variant, over the whole range
+    # (the baselines start near chance) and near the ANN.
     fig, axes = plt.subplots(3, len(names), figsize=(6.5 * len(names), 12), squeeze=False)
     for column, name in enumerate(names):
-        panels = []
-        if full:
-            model, grid = full["models"][name], full["timesteps"]
-            curves = [(model["variants"][DEFAULT_VARIANT]["label"] + " (ours, default)",
-                       model["variants"][DEFAULT_VARIANT]["accuracy"], "-o")]
-            curves += [(f"SpikingJelly ann2snn ({mode})",
-                        [None if a is None else a / 100 for a in r], ":s")
-                       for mode, r in _peer_rows(peers, name, grid).items()]
-            panels.append((0, model, grid, curves, 0.0,
-                           f"{name}: {full['test']['images']:,} test images"))
-        if ablation:
-            model, grid = ablation["models"][name], ablation["timesteps"]
-            curves = [(v["label"], v["accuracy"], "-o" if key.startswith("dni") else "--.")
-                      for key, v in model["variants"].items()]
-            ann = 100 * model["ann_accuracy"]
-            n = ablation["test"]["images"]
-            panels.append((1, model, grid, curves, 0.0, f"{name}: ablation, {n:,} images"))
-            panels.append((2, model, grid, curves, ann - 6,
-                           f"{name}: ablation, {n:,} images, near the ANN"))
-        for row, model, grid, curves, low, title in panels:
+        model = full["models"][name]
+        ann = 100 * model["ann_accuracy"]
+        default = model["variants"][DEFAULT_VARIANT]
+        against_peer = [(default["label"] + " (ours, default)", default["accuracy"], "-o")]
+        against_peer += [(f"SpikingJelly ann2snn ({mode})",
+                          [None if a is None else a / 100 for a in r], ":s")
+                         for mode, r in _peer_rows(peers, name, grid).items()]
+        variants = [(v["label"], v["accuracy"], "-o" if key.startswith("dni") else "--.")
+                    for key, v in _in_order(model)]
+        panels = [(0, against_peer, 0.0, f"{name}: {n:,} test images"),
+                  (1, variants, 0.0, f"{name}: ablation, {n:,} test images"),
+                  (2, variants, ann - 6, f"{name}: ablation, near the ANN")]
+        for row, curves, low, title in panels:
             ax = axes[row][column]
-            ann = 100 * model["ann_accuracy"]
             for label, accuracy, style in curves:
                 ax.plot(grid, [np.nan if a is None else 100 * a for a in accuracy], style,
                         label=label, ms=4)
@@ -413,7 +405,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=512, help="calibration images (train)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="first N test images")
-    parser.add_argument("--out", type=Path, default=RESULTS / "fidelity.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / RESULTS_FILE)
     parser.add_argument("--report", action="store_true",
                         help="only write fidelity_tables.md and fidelity.png from the JSON "
                              "results in the folder of --out")
