@@ -34,7 +34,7 @@ from snncompiler.runtime.analog import run_analog
 from snncompiler.runtime.errors import InputError
 from snncompiler.runtime.graph import Program
 from snncompiler.runtime.neuron_variants import run_snm_clip, run_snm_leaky
-from snncompiler.runtime.neurons import THETA_NEG_CODES, snm_scan
+from snncompiler.runtime.neurons import THETA_NEG_CODES, snm_scan, spikes_sent
 from snncompiler.runtime.opset import OPS, infer_shape
 from snncompiler.runtime.pooling import maxpool_track
 from snncompiler.runtime.shape_ops import (
@@ -220,14 +220,7 @@ def _run_snm(node, inputs, state, engine):
     out = np.empty((steps, batch, channels, current.shape[3]), dtype=np.float32)
     snm_scan(current, not x.dynamic, theta, THETA_NEG_CODES[node.attrs["theta_neg"]],
              node.attrs["max_spikes_per_step"], state["membrane"], state["memory"], out)
-    # Spikes sent: |spike value| / theta, summed (a burst of k spikes counts k). With one
-    # spike per step at most, every nonzero output is one spike: a count, three times
-    # cheaper than the division.
-    if node.attrs["max_spikes_per_step"] == 1:
-        _count(state, np.count_nonzero(out, axis=(0, 2, 3)))
-    else:
-        scale = np.where(theta > 0, theta, 1)[None, None, :, None]
-        _count(state, np.rint(np.abs(out) / scale).sum(axis=(0, 2, 3)))
+    _count(state, spikes_sent(out, theta, node.attrs["max_spikes_per_step"]))
     return Value(out.reshape(steps, batch, *node.shape), True)
 
 
@@ -383,9 +376,9 @@ class SpikingNetwork:
         """What each node counted since :meth:`reset`, per sample: ``{node name: (N,)}``.
 
         ``conv`` and ``gemm`` on dynamic inputs count the additions an event-driven layer
-        does (each nonzero input times the outputs it reaches), ``snm`` the spikes it sent
-        (a burst of k counts k). :func:`snncompiler.runtime.stats.activity` turns these into
-        synaptic operations and firing rates per image.
+        does (each nonzero input times the outputs it reaches), neuron layers the spikes
+        they sent (a burst of k counts k). :func:`snncompiler.runtime.stats.activity` turns
+        these into synaptic operations and firing rates per image.
         """
         counted = {}
         if self._fused_state is not None:

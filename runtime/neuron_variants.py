@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-THETA_NEG_CODES = {"zero": 0, "minus_theta": 1, "off": 2}
+from snncompiler.runtime.neurons import THETA_NEG_CODES, spikes_sent
 
 
 def tracked_value(running, slope, upper, t):
@@ -148,6 +148,9 @@ def _run_tracking(node, inputs, state, engine, slope, upper):
                   THETA_NEG_CODES[node.attrs["theta_neg"]], node.attrs["max_spikes_per_step"],
                   state["steps"], state["running"], state["memory"], out)
     state["steps"] += steps
+    # What SpikingNetwork.counters() reports for this layer (firing rates in stats.activity).
+    state["count"] = state.get("count", 0) + spikes_sent(out, theta,
+                                                         node.attrs["max_spikes_per_step"])
     return type(x)(out.reshape(steps, batch, *node.shape), True)
 
 

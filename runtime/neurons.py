@@ -28,6 +28,19 @@ from numba import njit, prange
 THETA_NEG_CODES = {"zero": 0, "minus_theta": 1, "off": 2}
 
 
+def spikes_sent(out: np.ndarray, theta: np.ndarray, max_spikes: int) -> np.ndarray:
+    """Spikes per sample in a neuron layer's output ``out`` of shape (steps, N, C, L).
+
+    Every spike sends +-theta of its channel, so a step's output is ``k * theta`` for a burst
+    of k spikes (counted k). With one spike per step at most, every nonzero output is one
+    spike: a count, three times cheaper than the division.
+    """
+    if max_spikes == 1:
+        return np.count_nonzero(out, axis=(0, 2, 3)).astype(np.int64)
+    scale = np.where(theta > 0, theta, 1)[None, None, :, None]
+    return np.rint(np.abs(out) / scale).sum(axis=(0, 2, 3)).astype(np.int64)
+
+
 def snm_step_reference(z, membrane, memory, theta, theta_neg: str, max_spikes: int = 1):
     """One SNM step on numpy arrays, for tests and as the readable definition.
 

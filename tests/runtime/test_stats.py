@@ -1,5 +1,7 @@
 """Synaptic operations and firing rates (runtime.stats)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,40 @@ def test_mean_firing_rate_weighs_layers_by_their_neurons():
     report = Activity(4, 1, layers, 123.0, 0, 500)
     assert report.mean_firing_rate() == pytest.approx(40 / (100 * 4))  # not (1 + 0) / 2
     assert Activity(4, 1, layers[2:], 123.0, 0, 500).mean_firing_rate() == 0.0
+
+
+@pytest.mark.parametrize("op, attrs, arrays", [
+    ("snm_clip", {"upper": 0.8}, {}),
+    ("snm_leaky", {}, {"slope": np.full(4, 0.1, np.float32)}),
+])
+def test_clipped_and_leaky_neurons_report_their_firing_rate(op, attrs, arrays):
+    program = conv_snm_pool_gemm()
+    relu = program.node("relu")
+    program.nodes[program.nodes.index(relu)] = replace(
+        relu, op=op, attrs={**relu.attrs, **attrs}, arrays={**relu.arrays, **arrays})
+    net = SpikingNetwork(program)
+    seen = []
+    net.run(inputs((1, 8, 8), batch=3), 12,
+            observer=lambda node, value, t0: seen.append((node.name, value.data)))
+    spikes = np.concatenate([data for name, data in seen if name == "relu"])
+    (layer,) = activity(net).neurons()
+    assert np.count_nonzero(spikes) > 0
+    assert layer.op == op
+    assert layer.firing_rate == pytest.approx(np.count_nonzero(spikes) / (3 * 256 * 12))
+
+
+def test_bursts_count_every_spike():
+    program = conv_snm_pool_gemm()
+    relu = program.node("relu")
+    program.nodes[program.nodes.index(relu)] = replace(
+        relu, attrs={**relu.attrs, "max_spikes_per_step": 3})
+    net = SpikingNetwork(program, executor="nodes")
+    seen = []
+    net.run(inputs((1, 8, 8), batch=2) * 4, 6,
+            observer=lambda node, value, t0: seen.append((node.name, value.data)))
+    out = np.concatenate([data for name, data in seen if name == "relu"])
+    theta = relu.arrays["theta"][0][None, None, :, None, None]
+    bursts = np.rint(np.abs(out) / theta)
+    assert bursts.max() > 1  # the input is strong enough for bursts
+    (layer,) = activity(net).neurons()
+    assert layer.per_image == pytest.approx(bursts.sum() / 2)
