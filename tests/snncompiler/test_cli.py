@@ -53,17 +53,23 @@ def test_compile_refuses_to_overwrite_without_force(demo, compiled):
     assert out.read_bytes() == before
 
 
-def test_eval_prints_a_table_and_writes_json(demo, compiled, tmp_path):
+def _eval_demo(demo, compiled, tmp_path, *options):
+    """``snnc eval`` of the compiled demo at T = 1, 4, 8: the result and its --json data."""
     spec, folder = demo
     out, _ = compiled
     report = tmp_path / "results.json"
     result = CliRunner().invoke(main, [
         "eval", str(out), "--data", str(folder / spec["test"]), "-T", "1,4,8",
-        "--onnx", str(folder / spec["model"]), "--json", str(report), "--limit", "64", "-q",
-        *preprocessing_args(spec)])
+        "--json", str(report), "-q", *options, *preprocessing_args(spec)])
     assert result.exit_code == 0, result.output
+    return result, json.loads(report.read_text())
+
+
+def test_eval_prints_a_table_and_writes_json(demo, compiled, tmp_path):
+    spec, folder = demo
+    result, data = _eval_demo(demo, compiled, tmp_path, "--onnx", str(folder / spec["model"]),
+                              "--limit", "64")
     assert "SNN acc" in result.output and "agreement" in result.output
-    data = json.loads(report.read_text())
     assert data["timesteps"] == [1, 4, 8] and data["n"] == 64
     assert set(data) >= {"snn_accuracy", "agreement", "ann_accuracy"}
     assert all(0 <= a <= 1 for a in data["snn_accuracy"] + data["agreement"])
@@ -72,15 +78,8 @@ def test_eval_prints_a_table_and_writes_json(demo, compiled, tmp_path):
 
 
 def test_eval_reports_the_work_per_image(demo, compiled, tmp_path):
-    spec, folder = demo
     out, _ = compiled
-    report = tmp_path / "results.json"
-    result = CliRunner().invoke(main, [
-        "eval", str(out), "--data", str(folder / spec["test"]), "-T", "1,4,8",
-        "--json", str(report), "--limit", "40", "--batch-size", "16", "-q",
-        *preprocessing_args(spec)])
-    assert result.exit_code == 0, result.output
-    data = json.loads(report.read_text())
+    result, data = _eval_demo(demo, compiled, tmp_path, "--limit", "40", "--batch-size", "16")
     # Calibrated for T = 8 and 4: T = 1 runs with the set for 4, in the run of T = 4.
     assert data["parameters_for"] == [4, 4, 8]
     assert data["synaptic_ops"][0] is None and data["mean_firing_rate"][0] is None
