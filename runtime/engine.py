@@ -34,7 +34,12 @@ from snncompiler.runtime.analog import run_analog
 from snncompiler.runtime.errors import InputError
 from snncompiler.runtime.graph import Program
 from snncompiler.runtime.neuron_variants import run_snm_clip, run_snm_leaky
-from snncompiler.runtime.neurons import THETA_NEG_CODES, snm_scan, spikes_sent
+from snncompiler.runtime.neurons import (
+    THETA_NEG_CODES,
+    neuron_current,
+    snm_scan,
+    spikes_sent,
+)
 from snncompiler.runtime.opset import OPS, infer_shape
 from snncompiler.runtime.pooling import maxpool_track
 from snncompiler.runtime.shape_ops import (
@@ -206,12 +211,8 @@ def _run_snm(node, inputs, state, engine):
     x = inputs[0]
     row = engine.parameter_row
     theta = np.ascontiguousarray(node.arrays["theta"][row], dtype=np.float32)
-    data = x.data if x.dynamic else x.data[None]
-    steps = data.shape[0] if x.dynamic else engine.chunk_steps
-    batch = data.shape[1]
-    channels = node.shape[0] if node.shape else 1
-    current = np.ascontiguousarray(data, dtype=np.float32).reshape(
-        data.shape[0], batch, channels, -1)
+    current, steps = neuron_current(x, engine.chunk_steps, node.shape)
+    _, batch, channels, _ = current.shape
     if "membrane" not in state:
         v0 = node.arrays["v0"][row].astype(np.float32)
         state["membrane"] = np.ascontiguousarray(

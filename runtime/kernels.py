@@ -70,6 +70,9 @@ BLOCK = 32  # output channels kept in registers at once (four 8-lane vectors)
 # --------------------------------------------------------------------------- linear ops
 
 
+# _block32, _block16 and _block8 are one loop written three times on purpose: each keeps its
+# accumulators in a fixed number of named 8-lane values, which is what lets LLVM hold them
+# in registers; a loop over an array of accumulators would keep them in memory.
 @njit(cache=True, inline="always")
 def _block32(weight, events, values, starts, taps, runs, offset):
     """Sums ``value * weight[row + offset : +32]`` over the events of ``runs`` runs.

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from snncompiler.runtime.neurons import THETA_NEG_CODES, spikes_sent
+from snncompiler.runtime.neurons import THETA_NEG_CODES, neuron_current, spikes_sent
 
 
 def tracked_value(running, slope, upper, t):
@@ -133,12 +133,8 @@ def _run_tracking(node, inputs, state, engine, slope, upper):
     row = engine.parameter_row
     theta = node.arrays["theta"][row].astype(np.float64)
     v0 = node.arrays["v0"][row].astype(np.float64)
-    data = x.data if x.dynamic else x.data[None]
-    steps = data.shape[0] if x.dynamic else engine.chunk_steps
-    batch = data.shape[1]
-    channels = node.shape[0] if node.shape else 1
-    current = np.ascontiguousarray(data, dtype=np.float32).reshape(
-        data.shape[0], batch, channels, -1)
+    current, steps = neuron_current(x, engine.chunk_steps, node.shape)
+    _, batch, channels, _ = current.shape
     if "running" not in state:
         state["running"] = np.zeros((batch, channels, current.shape[3]), dtype=np.float64)
         state["memory"] = np.zeros((batch, channels, current.shape[3]), dtype=np.int32)

@@ -28,6 +28,26 @@ from numba import njit, prange
 THETA_NEG_CODES = {"zero": 0, "minus_theta": 1, "off": 2}
 
 
+def neuron_current(x, steps_if_static: int, shape: tuple) -> tuple[np.ndarray, int]:
+    """A neuron layer's input as the scans want it, and the number of steps to run.
+
+    Args:
+        x: The input value (``data``, ``dynamic``): ``(T, N, ...)`` when dynamic, else
+            ``(N, ...)``, the same current at every step.
+        steps_if_static: Steps of the chunk, for a static input.
+        shape: The layer's per-sample shape; its first axis is the channels.
+
+    Returns:
+        float32 ``(T or 1, N, C, L)``, contiguous, and the steps to scan.
+    """
+    data = x.data if x.dynamic else x.data[None]
+    steps = data.shape[0] if x.dynamic else steps_if_static
+    channels = shape[0] if shape else 1
+    current = np.ascontiguousarray(data, dtype=np.float32).reshape(
+        data.shape[0], data.shape[1], channels, -1)
+    return current, steps
+
+
 def spikes_sent(out: np.ndarray, theta: np.ndarray, max_spikes: int) -> np.ndarray:
     """Spikes per sample in a neuron layer's output ``out`` of shape (steps, N, C, L).
 
