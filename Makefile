@@ -46,6 +46,7 @@ fidelity: $(STAMP) $(TORCH_STAMP)
 
 speed: $(STAMP) $(TORCH_STAMP)
 	$(BIN)/python benchmarks/speed.py --models vgg,resnet,demo --spikingjelly
+	$(BIN)/python benchmarks/dense_or_events.py --out $(RESULTS)/dense_or_events.md
 
 demo: $(STAMP)
 	$(BIN)/snnc demo

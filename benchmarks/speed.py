@@ -19,11 +19,13 @@ What it measures, for each benchmark ANN of ``benchmarks/models/models.json`` th
 of ``--batch`` test images (the packaged Fashion-MNIST test set), each measurement in a
 fresh process so that its peak RSS is its own:
 
-- onnxruntime: T passes of the ANN on the batch (``--threads`` intra-op threads);
+- onnxruntime: 32 passes of the ANN on the batch (``--threads`` intra-op threads);
 - ours: ``SpikingNetwork.run(x, T)`` for every T of ``--timesteps`` (numba with the same
   thread count), the program compiled by ``snnc``'s pipeline (DNI for T=32, calibrated on
   the 300 packaged calibration images); plus the synaptic operations per image
-  (:func:`snncompiler.runtime.stats.activity`);
+  (:func:`snncompiler.runtime.stats.activity`). onnxruntime's and our timed runs alternate
+  in one process (:func:`worker_pair`), so that the shared machine's changes of speed hit
+  both alike; onnxruntime's peak RSS comes from a process of its own;
 - streaming: T calls of ``step()``, peak RSS at T=8 and T=256 (it must not grow);
 - multi-step memory: peak RSS of ``run`` at T=32 and T=256 (the fused executor keeps one
   step of activations per sample in flight; only the returned readout grows with T);
@@ -115,7 +117,13 @@ def worker_ort(onnx: str, inputs: str, passes: int, threads: int, repeat: int) -
             "peak_rss_mb": _peak_rss_mb()}
 
 
-def worker_snn(snn: str, inputs: str, timesteps: list[int], threads: int, repeat: int) -> dict:
+def worker_pair(onnx: str, snn: str, inputs: str, passes: int, timesteps: list[int],
+                threads: int, repeat: int) -> dict:
+    """onnxruntime and ours in one process, their runs interleaved: each round times the
+    ``passes`` onnxruntime passes, then ours at every T, so that a change of the shared
+    machine's speed hits both alike. Returns ``{"ort": ..., "snn": ...}``: the best time
+    and every time of each, with our synaptic operations per image and firing rate (the
+    peak RSS of onnxruntime alone comes from :func:`worker_ort`)."""
     import numba
 
     from snncompiler import runtime
@@ -123,23 +131,36 @@ def worker_snn(snn: str, inputs: str, timesteps: list[int], threads: int, repeat
 
     numba.set_num_threads(threads)
     x = np.load(inputs)
+    session = _ort_session(onnx, threads)
+    name = session.get_inputs()[0].name
     net = runtime.load(snn)
-    net.run(x[:2], 2)  # loads the cached kernels
-    before = _rss_mb()
-    result = {"executor": net.executor, "threads": threads, "seconds": {}, "all_seconds": {}}
-    for steps in timesteps:
-        best, times = _best(lambda steps=steps: net.run(x, steps), repeat)
-        result["seconds"][str(steps)] = best
-        result["all_seconds"][str(steps)] = times
+
+    def ort_passes():
+        for _ in range(passes):
+            session.run(None, {name: x})
+
+    runs = {"ort": ort_passes, **{str(t): lambda t=t: net.run(x, t) for t in timesteps}}
+    times = {key: [] for key in runs}
+    for fn in runs.values():
+        fn()  # warm-up: numba loads its cached kernels, onnxruntime its arenas
+    for _ in range(repeat):
+        for key, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
     net.run(x, 32)
     report = activity(net)
     rates = [layer.firing_rate for layer in report.neurons()]
-    result.update(
-        synaptic_ops_per_image=report.synaptic_ops, ann_macs_per_image=report.ann_macs,
-        static_macs_per_image=report.static_macs, steps_for_ops=report.steps,
-        mean_firing_rate=float(np.mean(rates)) if rates else 0.0,
-        rss_after_load_mb=before, peak_rss_mb=_peak_rss_mb())
-    return result
+    snn_result = {
+        "executor": net.executor, "threads": threads,
+        "seconds": {t: min(v) for t, v in times.items() if t != "ort"},
+        "all_seconds": {t: v for t, v in times.items() if t != "ort"},
+        "synaptic_ops_per_image": report.synaptic_ops, "ann_macs_per_image": report.ann_macs,
+        "static_macs_per_image": report.static_macs, "steps_for_ops": report.steps,
+        "mean_firing_rate": float(np.mean(rates)) if rates else 0.0}
+    return {"ort": {"seconds": min(times["ort"]), "all_seconds": times["ort"],
+                    "passes": passes, "threads": threads},
+            "snn": snn_result}
 
 
 def worker_memory(snn: str, inputs: str, steps: int, threads: int, streaming: bool) -> dict:
@@ -165,13 +186,15 @@ def worker_memory(snn: str, inputs: str, steps: int, threads: int, streaming: bo
 
 
 def worker_calibration(onnx: str, inputs: str, images: int, threads: int, batch: int,
-                       plain: bool, repeat: int = 1) -> dict:
-    """Either the calibration statistics pass or plain inference, over the same batches.
+                       modes: list[str], repeat: int = 1) -> dict:
+    """The calibration statistics pass and/or plain inference, over the same batches.
 
-    Both at ``threads`` (onnxruntime's intra-op threads; for calibration also the threads
-    that histogram), timed like everything else here: best of ``repeat`` runs after a first
-    one, whose time is kept as ``first_seconds`` (it loads numba's cached kernels), like
-    the peak RSS after it (``peak_rss_first_mb``).
+    ``modes``: "plain", "calibration" or both; both at ``threads`` (onnxruntime's intra-op
+    threads; for calibration also the threads that histogram). Each mode runs once first,
+    whose time is kept as ``first_seconds`` (it loads numba's cached kernels), like the
+    peak RSS after it (``peak_rss_first_mb``, meaningful with one mode alone); then
+    ``repeat`` rounds in which the modes alternate, so that a change of the shared
+    machine's speed hits both alike, the best of each kept. Returns a result per mode.
     """
     import onnx as onnx_lib
 
@@ -179,41 +202,49 @@ def worker_calibration(onnx: str, inputs: str, images: int, threads: int, batch:
     name = _ort_session(onnx, threads).get_inputs()[0].name
     batches = [{name: x[i:i + batch]} for i in range(0, len(x), batch)]
     before = _rss_mb()
-    if plain:
+    runs = {}
+    if "plain" in modes:
         session = _ort_session(onnx, threads)
 
-        def run():
+        def plain():
             for feed in batches:
                 session.run(None, feed)
-    else:
+
+        runs["plain"] = plain
+    if "calibration" in modes:
         from snncompiler.passes.calibration_stats import collect_activation_stats
 
         model = onnx_lib.load(onnx)
         relu_inputs = [node.input[0] for node in model.graph.node if node.op_type == "Relu"]
 
-        def run():
+        def calibration():
             collect_activation_stats(model, relu_inputs, batches, progress=False,
                                      threads=threads)
-    start = time.perf_counter()
-    run()
-    first = time.perf_counter() - start
-    # Memory is compared after one pass over the images: later runs may add a few MB of
-    # allocator arenas (batches are made in one thread and freed in another), which
-    # depends on the number of runs, not of images.
-    first_peak = _peak_rss_mb()
-    times = []
-    for _ in range(repeat):
+
+        runs["calibration"] = calibration
+    results = {}
+    for mode, run in runs.items():
         start = time.perf_counter()
         run()
-        times.append(time.perf_counter() - start)
-    return {"images": images, "plain": plain, "threads": threads,
-            "seconds": min(times, default=first), "first_seconds": first,
-            "all_seconds": times, "rss_before_mb": before, "peak_rss_first_mb": first_peak,
-            "peak_rss_mb": _peak_rss_mb()}
+        # Memory is compared after one pass over the images: later runs may add a few MB
+        # of allocator arenas (batches are made in one thread and freed in another), which
+        # depends on the number of runs, not of images.
+        results[mode] = {"images": images, "plain": mode == "plain", "threads": threads,
+                         "first_seconds": time.perf_counter() - start, "all_seconds": [],
+                         "rss_before_mb": before, "peak_rss_first_mb": _peak_rss_mb()}
+    for _ in range(repeat):
+        for mode, run in runs.items():
+            start = time.perf_counter()
+            run()
+            results[mode]["all_seconds"].append(time.perf_counter() - start)
+    for result in results.values():
+        result["seconds"] = min(result["all_seconds"], default=result["first_seconds"])
+        result["peak_rss_mb"] = _peak_rss_mb()
+    return results
 
 
-WORKERS = {"ort": worker_ort, "snn": worker_snn, "memory": worker_memory,
-           "calibration": worker_calibration}
+WORKERS = {"ort": worker_ort, "pair": worker_pair,
+           "memory": worker_memory, "calibration": worker_calibration}
 
 
 def _subprocess(python: Path | str, argv: list[str], timeout: int = 3600) -> dict:
@@ -237,18 +268,23 @@ def _work(name: str, **kwargs) -> dict:
 
 
 def _calibration(onnx: str, images: str, thread_counts: list[int], repeat: int) -> dict:
-    """Calibration against plain inference on 1000 images, each at every thread count
-    (interleaved, so that both see the same machine load), the fastest of each kept; then
-    the peak RSS of calibration on 250 images at the faster setting."""
-    common = {"onnx": onnx, "inputs": images, "batch": 64, "repeat": repeat}
-    plain, large = [], []
-    for threads in thread_counts:
-        plain.append(_work("calibration", images=1000, threads=threads, plain=True, **common))
-        large.append(_work("calibration", images=1000, threads=threads, plain=False, **common))
-    result = {"plain": _fastest(plain, lambda w: w["seconds"]),
-              "large": _fastest(large, lambda w: w["seconds"])}
-    result["small"] = _work("calibration", images=250, threads=result["large"]["threads"],
-                            plain=False, **{**common, "repeat": 1})
+    """Calibration against plain inference on 1000 images, alternating in one process, at
+    every thread count, the fastest of each kept; then the peak RSS of calibration alone,
+    in processes of its own, on 1000 and on 250 images at the faster setting."""
+    common = {"onnx": onnx, "inputs": images, "batch": 64}
+    timed = [_work("calibration", images=1000, threads=threads,
+                   modes=["plain", "calibration"], repeat=repeat, **common)
+             for threads in thread_counts]
+    result = {"plain": _fastest([t["plain"] for t in timed], lambda w: w["seconds"]),
+              "large": _fastest([t["calibration"] for t in timed], lambda w: w["seconds"])}
+    for key, count in (("large", 1000), ("small", 250)):
+        alone = _work("calibration", images=count, threads=result["large"]["threads"],
+                      modes=["calibration"], repeat=0, **common)["calibration"]
+        if key == "small":
+            result["small"] = alone
+        else:
+            result["large"].update(peak_rss_first_mb=alone["peak_rss_first_mb"],
+                                   peak_rss_mb=alone["peak_rss_mb"])
     return result
 
 
@@ -425,9 +461,11 @@ NOTES = [
     "- *ours*: `SpikingNetwork.run` with the fused executor (`runtime/fused.py`, "
     "`runtime/kernels.py`): every dynamic node runs for one sample and one step at a time, "
     "so a sample's state stays in the cache; conv and gemm on spikes are event-driven "
-    "(additions only for the nonzero inputs, 32 output channels kept in SIMD registers); "
-    "the first conv runs once on the directly coded input. Its results do not depend on "
-    "the time chunk, the batch or the thread count.",
+    "(an SNM layer lists its spikes as it sends them, once for all its readers; additions "
+    "only for the nonzero inputs, 32 output channels kept in SIMD registers); a conv step "
+    "whose input is dense enough runs dense instead (`fused.dense_from`, fitted by "
+    "`benchmarks/dense_or_events.py`); the first conv runs once on the directly coded "
+    "input. Its results do not depend on the time chunk, the batch or the thread count.",
     "- *synaptic ops*: additions done by the event-driven layers (nonzero inputs x outputs "
     "reached), per image over 32 steps, from `runtime.stats.activity`; *ANN MACs x32*: what "
     "32 dense passes of the same layers would do.",
@@ -442,7 +480,13 @@ NOTES = [
     "dense GEMM loads a weight once for many outputs and runs near the CPU's peak "
     "(*ORT: G MAC/s*), while an event loads one weight row per output it reaches "
     "(*ours: G synaptic ops/s*); and every step also lists the nonzero inputs, updates "
-    "every neuron and every max-pool tracker, work that one ANN pass does not have.",
+    "every neuron and every max-pool tracker, work that one ANN pass does not have. "
+    "0.5x would need about twice *ours: G synaptic ops/s* at the same work. At 16 to 64 "
+    "channels and these firing rates an output pixel reads a few events per kernel row: "
+    "short runs of unpredictable length, so finding them and branching out of them costs "
+    "about as much as the additions (compare *events at 10%* with *dense* in "
+    "`docs/results/dense_or_events.md`: a tenth of the inputs costs well over a tenth of "
+    "the time of all of them).",
     "- *step() memory*: peak RSS after T streaming steps of the whole batch; the network's "
     "state is allocated at the first step and nothing grows with T.",
     "- *calibration*: `snncompiler.passes.calibration_stats.collect_activation_stats` over "
@@ -450,10 +494,15 @@ NOTES = [
     "images, against `InferenceSession.run` "
     "on the same batches; both at 1 and at the full thread count (`threads=` of the pass: "
     "onnxruntime's intra-op threads and the histogram threads; it also runs onnxruntime one "
-    "batch ahead in a thread of its own), interleaved, best of the runs after a first one; "
-    "*first calibration run* is that first run (numba loads its cached kernels), and the "
-    "peak RSS is taken after it. Setting up the pass's session is counted in its time, not "
-    "in plain onnxruntime's.",
+    "batch ahead in a thread of its own), the two alternating in one process, best of the "
+    "runs after a first one; *first calibration run* is that first run (numba loads its "
+    "cached kernels); the peak RSS is taken after it, in a process that runs the pass "
+    "alone. Setting up the pass's session is counted in its time, not in plain "
+    "onnxruntime's.",
+    "- *interleaving*: the machine is shared and its speed changes from minute to minute "
+    "(`speed.json` keeps every repeat, under `all_seconds`); the ratios come from "
+    "runs that alternate within one process, so both sides of a ratio see the same "
+    "machine.",
 ]
 
 
@@ -465,7 +514,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--timesteps", default="8,16,32,64")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--peer-repeat", type=int, default=1,
                         help="timed runs of SpikingJelly after its warm-up (it is slow)")
     parser.add_argument("--spikingjelly", action="store_true",
@@ -497,13 +546,14 @@ def main() -> None:
             snn = folder / f"{name}.snn"
             print(f"{name}: compiling ({_compile(spec, calib, snn):.1f} s)", flush=True)
             r = {"onnx": spec["onnx"]}
-            r["ort"] = _fastest([
-                _work("ort", onnx=onnx, inputs=str(batch), passes=32, repeat=args.repeat,
-                      threads=threads) for threads in thread_counts], lambda w: w["seconds"])
-            r["snn"] = _fastest([
-                _work("snn", snn=str(snn), inputs=str(batch), timesteps=timesteps,
-                      repeat=args.repeat, threads=threads) for threads in thread_counts],
-                lambda w: w["seconds"]["32"])
+            pairs = [_work("pair", onnx=onnx, snn=str(snn), inputs=str(batch), passes=32,
+                           timesteps=timesteps, repeat=args.repeat, threads=threads)
+                     for threads in thread_counts]
+            r["ort"] = _fastest([p["ort"] for p in pairs], lambda w: w["seconds"])
+            r["snn"] = _fastest([p["snn"] for p in pairs], lambda w: w["seconds"]["32"])
+            r["ort"]["peak_rss_mb"] = _work(
+                "ort", onnx=onnx, inputs=str(batch), passes=32, repeat=1,
+                threads=r["ort"]["threads"])["peak_rss_mb"]
             common = {"threads": r["snn"]["threads"]}
             print(f"  onnxruntime x32 {r['ort']['seconds']:.3f} s ({r['ort']['threads']} "
                   f"threads), ours T=32 {r['snn']['seconds']['32']:.3f} s "

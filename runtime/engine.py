@@ -104,10 +104,12 @@ def _reach(size, kernel, stride, pad, dilation, out) -> np.ndarray:
 
 
 def conv_additions(node, spikes: np.ndarray) -> np.ndarray:
-    """Additions an event-driven conv does on ``spikes`` (Tc, N, C, H, W), per sample.
+    """Additions the conv kernel does on ``spikes`` (Tc, N, C, H, W), per sample.
 
     Each nonzero input adds one weight row (O/group values) per kernel tap that lands on
-    an output; taps that fall off the border cost nothing.
+    an output; taps that fall off the border cost nothing. A step whose input is dense
+    enough runs dense (see :func:`snncompiler.runtime.fused.dense_from`) and adds every
+    input's rows.
     """
     a = node.attrs
     weight = node.arrays["weight"]
@@ -117,8 +119,16 @@ def conv_additions(node, spikes: np.ndarray) -> np.ndarray:
         _reach(spikes.shape[4], weight.shape[3], a["strides"][1], a["pads"][1],
                a["dilations"][1], node.shape[2]))
     active = np.count_nonzero(spikes, axis=2)
-    per_group = weight.shape[0] // a["group"]
-    return per_group * np.einsum("tnhw,hw->n", active.astype(np.int64), taps)
+    per_step = np.einsum("tnhw,hw->tn", active.astype(np.int64), taps)
+    if a["group"] == 1:
+        dense = active.sum(axis=(2, 3)) >= _dense_from(node, spikes.shape[2:])
+        per_step = np.where(dense, spikes.shape[2] * taps.sum(), per_step)
+    return weight.shape[0] // a["group"] * per_step.sum(axis=0)
+
+
+def _dense_from(node, in_shape) -> int:
+    weight = node.arrays["weight"]
+    return fused.dense_from(*in_shape, weight.shape[0], weight.shape[2:], node.attrs["strides"])
 
 
 def _conv(node, data: np.ndarray) -> np.ndarray:
@@ -134,8 +144,8 @@ def _conv(node, data: np.ndarray) -> np.ndarray:
                        *data.shape[1:], fused.conv_weight_layout(weight, a["group"]),
                        node.arrays["bias"].astype(np.float32), out_channels, kh, kw,
                        *a["strides"], a["pads"][0], a["pads"][1], *a["dilations"], a["group"],
-                       *out_shape[1:], min(batch, BLOCKS_PER_THREAD * numba.get_num_threads()),
-                       out)
+                       *out_shape[1:], _dense_from(node, data.shape[1:]),
+                       min(batch, BLOCKS_PER_THREAD * numba.get_num_threads()), out)
     return np.ascontiguousarray(fused.from_storage(out, out_shape))
 
 
@@ -511,9 +521,9 @@ class SpikingNetwork:
         # Blocks are handed to threads one at a time, so a thread slowed down by another
         # process does not hold the others up; results never depend on it.
         with numba.parallel_chunksize(1):
-            kernels.run_steps(plan.ops, plan.params, plan.index, rows, state["fstate"],
-                              state["istate"], state["dstate"], self.parameter_row, self.t,
-                              readout, record, *scratch, counts)
+            kernels.run_steps(plan.ops, plan.params, plan.index, plan.every, rows,
+                              state["fstate"], state["istate"], state["dstate"],
+                              self.parameter_row, self.t, readout, record, *scratch, counts)
 
     def _run_fused(self, feeds, steps: int, chunk: int | None, observer) -> dict:
         plan = self._fused_plan(observer is not None)

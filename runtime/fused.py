@@ -92,6 +92,7 @@ class FusedPlan:
         ops: (n_ops, kernels.ROW) int64 op rows.
         op_nodes: The node each op row belongs to.
         params: float32 parameters; index: int64 index maps.
+        every: uint32 0, 1, 2, ...: the event list of a dense input (kernels.conv_events).
         static: Static tensors the dynamic nodes read: name -> (offset, size) in the row.
         static_size: Length of a static row.
         scratch: Length of each per-block scratch row, by name (see kernels.run_steps).
@@ -105,6 +106,7 @@ class FusedPlan:
     op_nodes: list[str]
     params: np.ndarray
     index: np.ndarray
+    every: np.ndarray
     static: dict[str, tuple[int, int]]
     static_size: int
     scratch: dict[str, int]
@@ -116,10 +118,11 @@ class FusedPlan:
     record_size: int = 0
 
 
-SCRATCH = ("arena", "acc", "events", "values", "starts", "runs_at", "taps", "best")
-SCRATCH_DTYPES = {"arena": np.float32, "acc": np.float32, "events": np.int64,
-                  "values": np.float32, "starts": np.uint64, "runs_at": np.uint64,
-                  "taps": np.int64, "best": np.float64}
+SCRATCH = ("arena", "acc", "events", "starts", "runs_at", "taps", "best", "listed_events",
+           "listed_starts")
+SCRATCH_DTYPES = {"arena": np.float32, "acc": np.float32, "events": np.uint32,
+                  "starts": np.uint64, "runs_at": np.uint64, "taps": np.int64,
+                  "best": np.float64, "listed_events": np.uint32, "listed_starts": np.uint64}
 
 
 class _Arena:
@@ -147,10 +150,49 @@ def supports(program, dynamic: dict[str, bool]) -> bool:
 
 
 def conv_weight_layout(weight: np.ndarray, group: int) -> np.ndarray:
-    """ONNX (O, C/g, KH, KW) -> flat [c, kh, kw, o within the group of c]."""
+    """ONNX (O, C/g, KH, KW) -> the flat layout of the fused conv kernel of ``group``.
+
+    Group 1 (:func:`snncompiler.runtime.kernels.conv_listed`): [kh, kw, c, o], so that an
+    input's weight row is its storage index times O plus a shift per input pixel. Other
+    groups: :func:`grouped_weight_layout`.
+    """
+    if group == 1:
+        return np.ascontiguousarray(weight.transpose(2, 3, 1, 0), dtype=np.float32).reshape(-1)
+    return grouped_weight_layout(weight, group)
+
+
+def grouped_weight_layout(weight: np.ndarray, group: int) -> np.ndarray:
+    """ONNX (O, C/g, KH, KW) -> flat [c, kh, kw, o within the group of c]
+    (:func:`snncompiler.runtime.kernels.conv_grouped`)."""
     out_channels, per_group_in, kh, kw = weight.shape
     w = weight.reshape(group, out_channels // group, per_group_in, kh, kw)
     return np.ascontiguousarray(w.transpose(0, 2, 3, 4, 1), dtype=np.float32).reshape(-1)
+
+
+LISTING_COST = 1.0
+"""What listing one input entry costs, in 8-lane additions of the conv kernel: the median
+ratio of the two that ``benchmarks/dense_or_events.py`` measures (about 1 on the dev
+machine, docs/results/dense_or_events.md)."""
+
+MAX_LISTED = 2**32
+"""Event lists hold uint32 indices: a per-sample input of more entries cannot be listed."""
+
+
+def dense_from(channels: int, height: int, width: int, out_channels: int, kernel,
+               strides) -> int:
+    """How many nonzero entries make a conv of this geometry cheaper to run dense.
+
+    The event-driven path lists the C*H*W entries, then adds the weights of the nonzero
+    ones: each reaches about KH*KW / (sh*sw) outputs, ceil(O/8) 8-lane additions each. The
+    dense path skips the listing and adds every entry's weights, zeros included. Dense wins
+    when the zeros it adds cost less than the listing: from a nonzero fraction of
+    1 - LISTING_COST / (additions per entry): 94% for a 3x3 conv to 16 channels, 0 (always)
+    for a 1x1 stride-2 conv to 8 channels.
+    """
+    entries = channels * height * width
+    additions = kernel[0] * kernel[1] / (strides[0] * strides[1]) * math.ceil(out_channels / 8)
+    fraction = 1.0 - LISTING_COST / additions
+    return max(0, math.ceil(fraction * entries))
 
 
 def per_neuron(values: np.ndarray, shape) -> np.ndarray:
@@ -188,6 +230,8 @@ class _Builder:
         self.scratch = dict.fromkeys(SCRATCH, 1)
         self.membranes: list[tuple[int, np.ndarray, tuple]] = []
         self.snm_memory: dict[str, int] = {}  # SNM node -> offset of its counts in istate
+        self.lists: dict[str, tuple[int, int, int]] = {}  # SNM output -> list (see listing)
+        self.every = 1  # length of the dense event list 0, 1, 2, ...
 
     def param(self, array) -> int:
         array = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
@@ -205,6 +249,16 @@ class _Builder:
         """Reserves ``size`` values of state: 0 float32, 1 int32, 2 float64."""
         self.state[kind] += size
         return self.state[kind] - size
+
+    def event_list(self, tensor: str, size: int, pixels: int) -> None:
+        """Reserves an event list of ``tensor`` (``size`` entries over ``pixels`` pixels)
+        in the listed scratch: (offset of its events, of its starts, pixels)."""
+        _check_listable(tensor, size)
+        events = self.scratch["listed_events"] if self.lists else 0
+        starts = self.scratch["listed_starts"] if self.lists else 0
+        self.lists[tensor] = (events, starts, pixels)
+        self.scratch["listed_events"] = events + size
+        self.scratch["listed_starts"] = starts + pixels + 1
 
     def need(self, **sizes: int) -> None:
         for name, size in sizes.items():
@@ -259,6 +313,9 @@ def plan(program, shapes: dict[str, tuple], dynamic: dict[str, bool], *,
     slots: dict[str, Slot] = {}
     build = _Builder()
     producers = {node.output: node for node in nodes}
+    for name in _listed_spikes(nodes, root, shapes, producers):
+        shape = tuple(shapes[name])
+        build.event_list(name, size_of[name], shape[1] * shape[2] if len(shape) == 3 else 1)
     readout: dict[str, tuple[int, int]] = {}
     readout_size = 0
     recorded: dict[str, tuple[int, int]] = {}
@@ -280,7 +337,8 @@ def plan(program, shapes: dict[str, tuple], dynamic: dict[str, bool], *,
                 build.emit(K.GATHER, node.name, ins[:1], plain,
                            [ins[0].size, build.indices(order)])
                 ins = [plain]
-            _emit(build, node, in_shapes, ins, out, producers)
+            source = root.get(node.inputs[0], node.inputs[0]) if node.inputs else None
+            _emit(build, node, in_shapes, ins, out, producers, build.lists.get(source))
             if record:
                 recorded[node.name] = (record_size, out.size)
                 build.emit(K.RECORD, node.name, [out], Slot(0, 0, out.size), [record_size])
@@ -297,6 +355,7 @@ def plan(program, shapes: dict[str, tuple], dynamic: dict[str, bool], *,
         op_nodes=build.op_nodes,
         params=np.concatenate(build.params) if build.params else np.zeros(0, np.float32),
         index=np.concatenate(build.index) if build.index else np.zeros(0, np.int64),
+        every=np.arange(build.every, dtype=np.uint32),
         static=static,
         static_size=static_size,
         scratch=build.scratch,
@@ -307,6 +366,34 @@ def plan(program, shapes: dict[str, tuple], dynamic: dict[str, bool], *,
         record=recorded,
         record_size=record_size,
     )
+
+
+def _check_listable(name: str, size: int) -> None:
+    if size >= MAX_LISTED:
+        raise ValueError(f"tensor {name!r}: {size} entries per sample; the event-driven "
+                         f"kernels list at most {MAX_LISTED - 1}")
+
+
+def _listed_spikes(nodes, root: dict[str, str], shapes: dict[str, tuple],
+                   producers: dict) -> list[str]:
+    """The SNM outputs that a conv (group 1) or a one-row gemm reads as they are stored:
+    those layers list their spikes once as they send them, for every such reader, instead
+    of each reader listing them again (ResNet blocks read their input twice)."""
+    listed = []
+    for node in nodes:
+        if not node.inputs or node.op not in ("conv", "gemm"):
+            continue
+        source = root.get(node.inputs[0], node.inputs[0])
+        producer = producers.get(source)
+        if producer is None or producer.op != "snm" or source in listed:
+            continue
+        in_shape = tuple(shapes[node.inputs[0]])
+        if node.op == "conv" and node.attrs["group"] == 1 and len(in_shape) == 3:
+            listed.append(source)
+        elif (node.op == "gemm" and len(in_shape) != 3 and len(shapes[source]) != 3
+              and math.prod(in_shape[:-1]) == 1):
+            listed.append(source)
+    return listed
 
 
 def _spike_counts(node, producers, build: _Builder) -> tuple[int, np.ndarray] | None:
@@ -322,8 +409,13 @@ def _spike_counts(node, producers, build: _Builder) -> tuple[int, np.ndarray] | 
 
 
 def _emit(build: _Builder, node, in_shapes: list[tuple], ins: list[Slot], out: Slot,
-          producers: dict) -> None:
-    """Appends the op row of one dynamic node that is not a free reshape."""
+          producers: dict, listed: tuple[int, int, int] | None) -> None:
+    """Appends the op row of one dynamic node that is not a free reshape.
+
+    ``listed``: where the event list of the node's first input is, when an SNM layer
+    writes one (see :func:`_listed_spikes`).
+    """
+    read_list = [listed[0], listed[1]] if listed is not None else [-1, -1]
     a = node.attrs
     shape = tuple(node.shape)
     in_shape = in_shapes[0]
@@ -336,26 +428,31 @@ def _emit(build: _Builder, node, in_shapes: list[tuple], ins: list[Slot], out: S
              a["pads"][1], *a["dilations"], group, shape[1], shape[2],
              build.param(conv_weight_layout(weight, group)), build.param(node.arrays["bias"])]
         if group == 1:
-            build.need(events=channels * height * width, values=channels * height * width,
-                       starts=height * width + 1, runs_at=2 * kh * kw, taps=kh * kw)
-            build.emit(K.CONV, node.name, ins, out, p)
+            build.need(events=channels * height * width, starts=height * width + 1,
+                       runs_at=2 * kh * kw, taps=kh * kw)
+            _check_listable(node.inputs[0], channels * height * width)
+            build.every = max(build.every, channels * height * width)
+            build.emit(K.CONV, node.name, ins, out,
+                       p + read_list + [dense_from(channels, height, width, out_channels,
+                                                   (kh, kw), a["strides"])])
         else:
             build.need(acc=out.size)
             build.emit(K.CONV_GROUPED, node.name, ins, out, p)
     elif node.op == "gemm":
         n_in, n_out = node.arrays["weight"].shape
-        build.need(events=n_in, values=n_in, runs_at=2, taps=1)
+        build.need(events=n_in, starts=2, runs_at=2, taps=1)
         build.emit(K.GEMM, node.name, ins, out,
                    [math.prod(in_shape[:-1]), n_in, n_out, build.param(node.arrays["weight"]),
-                    build.param(node.arrays["bias"])])
+                    build.param(node.arrays["bias"]), *read_list])
     elif node.op == "snm":
         membrane = build.take(0, out.size)
         build.membranes.append((membrane, node.arrays["v0"], shape))
         build.snm_memory[node.name] = build.take(1, out.size)
+        writes = build.lists.get(node.output, (-1, -1, 1))
         build.emit(K.SNM, node.name, ins, out,
                    [build.param(per_neuron(node.arrays["theta"], shape)),
                     THETA_NEG_CODES[a["theta_neg"]], a["max_spikes_per_step"], membrane,
-                    build.snm_memory[node.name]])
+                    build.snm_memory[node.name], *writes])
     elif node.op == "maxpool":
         channels, height, width = in_shape
         geometry = [channels, height, width, *a["kernel"], *a["strides"], a["pads"][0],

@@ -19,20 +19,30 @@ computed once from the directly coded input). Tensors of rank 3, (C, H, W), are 
 channels-last, (H, W, C): a pixel's channels are contiguous, which is what the vector
 loops over channels want. Other tensors keep their logical order.
 
-Event-driven linear ops. A spike tensor is mostly zeros. ``conv`` and ``gemm`` first list
-the nonzero inputs of the step (value and weight-row offset, pixel by pixel), then compute
-every output from the listed inputs that reach it only, keeping 32 output channels in four
-8-lane registers (:mod:`snncompiler.runtime.simd`). The additions done are (nonzero inputs)
-x (outputs each reaches), against (all inputs) x (outputs) for a dense layer. On a dense
-input the same kernel is a direct convolution (every input is an event); a dense path would
-save only the listing, which costs less than the additions it lets a sparse input skip at
-the firing rates of converted networks (10 to 20%), so there is no separate dense path to
-choose. Every output adds its terms in an
-order fixed by the positions of the nonzero inputs alone (kernel row, kernel column, input
-channel; for ``gemm`` the input index; alternate terms go to two partial sums, added at
-the end, so that the additions do not wait for each other), then the bias: the result does
-not depend on the batch, the time chunk or the number of threads. It differs from numpy's
-BLAS ``conv2d``/``gemm``, which add in another order, by float rounding only.
+Event-driven linear ops. A spike tensor is mostly zeros. ``conv`` and ``gemm`` list the
+nonzero inputs of the step (their storage indices, pixel by pixel: :func:`list_events`),
+then compute every output from the listed inputs that reach it only, keeping 32 output
+channels in four 8-lane registers (:mod:`snncompiler.runtime.simd`). The additions done
+are (nonzero inputs) x (outputs each reaches), against (all inputs) x (outputs) for a
+dense layer. An SNM layer whose spikes a conv or a one-row gemm reads lists them as it
+sends them, once for all its readers (a ResNet block reads its input twice).
+
+Dense or event-driven, per layer and step. Listing costs about as much per input as one
+8-lane addition; on a dense enough input it costs more than skipping the zeros
+saves. A ``conv`` therefore counts its input's nonzeros first and, from a threshold set per
+layer by its geometry (:func:`snncompiler.runtime.fused.dense_from`, fitted by
+``benchmarks/dense_or_events.py``), adds every input's weights instead, reading the list
+0, 1, 2, ...: from 94% nonzero up for a 3x3 conv, from 50% for a 1x1 stride-2 conv to 64
+channels. At the firing rates of converted networks (10 to 25%) 3x3 convs stay
+event-driven; dense inputs come from average pools, adds and analog layers. (``gemm`` is
+always event-driven: its listing is a small part of its work.)
+
+Every output adds its terms in an order fixed by the positions of the listed inputs alone
+(kernel row, kernel column, input channel; for ``gemm`` the input index; alternate terms go
+to two partial sums, added at the end, so that the additions do not wait for each other),
+then the bias: the result does not depend on the batch, the time chunk or the number of
+threads, and the dense and event-driven paths differ by float rounding only. So does
+numpy's BLAS ``conv2d``/``gemm``, which adds in another order.
 
 No kernel allocates (``conv_batch`` allocates its scratch once per call).
 """
@@ -43,8 +53,10 @@ import numpy as np
 from numba import njit, prange
 
 from snncompiler.runtime.simd import (
+    LANES,
     add8,
     add_vectors8,
+    list_nonzero8,
     load8,
     load8_float,
     max8,
@@ -74,11 +86,12 @@ BLOCK = 32  # output channels kept in registers at once (four 8-lane vectors)
 # accumulators in a fixed number of named 8-lane values, which is what lets LLVM hold them
 # in registers; a loop over an array of accumulators would keep them in memory.
 @njit(cache=True, inline="always")
-def _block32(weight, events, values, starts, taps, runs, offset):
+def _block32(weight, events, x, starts, taps, runs, offset, scale):
     """Sums ``value * weight[row + offset : +32]`` over the events of ``runs`` runs.
 
     Run ``k`` is the events ``starts[2k] .. starts[2k + 1]`` (unsigned, so that indexing
-    needs no negative-index check), whose weight rows start at ``events[e] + taps[k]``.
+    needs no negative-index check); event ``e`` is the input ``x[events[e]]``, whose weight
+    row starts at ``events[e] * scale + taps[k]``.
     Even and odd events of a run go to two sets of registers, added at the end, so that
     consecutive additions do not wait for each other.
     """
@@ -89,22 +102,22 @@ def _block32(weight, events, values, starts, taps, runs, offset):
         shift = taps[k] + offset
         e, stop = starts[2 * k], starts[2 * k + 1]
         while e + one < stop:
-            value = values[e]
-            row = events[e] + shift
+            value = x[events[e]]
+            row = np.int64(events[e]) * scale + shift
             a0 = mul_add8(a0, value, weight, row)
             a1 = mul_add8(a1, value, weight, row + 8)
             a2 = mul_add8(a2, value, weight, row + 16)
             a3 = mul_add8(a3, value, weight, row + 24)
-            value = values[e + one]
-            row = events[e + one] + shift
+            value = x[events[e + one]]
+            row = np.int64(events[e + one]) * scale + shift
             b0 = mul_add8(b0, value, weight, row)
             b1 = mul_add8(b1, value, weight, row + 8)
             b2 = mul_add8(b2, value, weight, row + 16)
             b3 = mul_add8(b3, value, weight, row + 24)
             e += two
         if e < stop:
-            value = values[e]
-            row = events[e] + shift
+            value = x[events[e]]
+            row = np.int64(events[e]) * scale + shift
             a0 = mul_add8(a0, value, weight, row)
             a1 = mul_add8(a1, value, weight, row + 8)
             a2 = mul_add8(a2, value, weight, row + 16)
@@ -113,7 +126,7 @@ def _block32(weight, events, values, starts, taps, runs, offset):
 
 
 @njit(cache=True, inline="always")
-def _block16(weight, events, values, starts, taps, runs, offset):
+def _block16(weight, events, x, starts, taps, runs, offset, scale):
     """:func:`_block32` for 16 output channels."""
     a0, a1, b0, b1 = zeros8(), zeros8(), zeros8(), zeros8()
     one, two = np.uint64(1), np.uint64(2)
@@ -121,25 +134,25 @@ def _block16(weight, events, values, starts, taps, runs, offset):
         shift = taps[k] + offset
         e, stop = starts[2 * k], starts[2 * k + 1]
         while e + one < stop:
-            value = values[e]
-            row = events[e] + shift
+            value = x[events[e]]
+            row = np.int64(events[e]) * scale + shift
             a0 = mul_add8(a0, value, weight, row)
             a1 = mul_add8(a1, value, weight, row + 8)
-            value = values[e + one]
-            row = events[e + one] + shift
+            value = x[events[e + one]]
+            row = np.int64(events[e + one]) * scale + shift
             b0 = mul_add8(b0, value, weight, row)
             b1 = mul_add8(b1, value, weight, row + 8)
             e += two
         if e < stop:
-            value = values[e]
-            row = events[e] + shift
+            value = x[events[e]]
+            row = np.int64(events[e]) * scale + shift
             a0 = mul_add8(a0, value, weight, row)
             a1 = mul_add8(a1, value, weight, row + 8)
     return add_vectors8(a0, b0), add_vectors8(a1, b1)
 
 
 @njit(cache=True, inline="always")
-def _block8(weight, events, values, starts, taps, runs, offset):
+def _block8(weight, events, x, starts, taps, runs, offset, scale):
     """:func:`_block32` for 8 output channels."""
     a0, b0 = zeros8(), zeros8()
     one, two = np.uint64(1), np.uint64(2)
@@ -147,84 +160,171 @@ def _block8(weight, events, values, starts, taps, runs, offset):
         shift = taps[k] + offset
         e, stop = starts[2 * k], starts[2 * k + 1]
         while e + one < stop:
-            a0 = mul_add8(a0, values[e], weight, events[e] + shift)
-            b0 = mul_add8(b0, values[e + one], weight, events[e + one] + shift)
+            a0 = mul_add8(a0, x[events[e]], weight, np.int64(events[e]) * scale + shift)
+            odd = events[e + one]
+            b0 = mul_add8(b0, x[odd], weight, np.int64(odd) * scale + shift)
             e += two
         if e < stop:
-            a0 = mul_add8(a0, values[e], weight, events[e] + shift)
+            a0 = mul_add8(a0, x[events[e]], weight, np.int64(events[e]) * scale + shift)
     return add_vectors8(a0, b0)
 
 
 @njit(cache=True, inline="always")
-def _block1(weight, events, values, starts, taps, runs, offset):
+def _block1(weight, events, x, starts, taps, runs, offset, scale):
     """:func:`_block32` for 1 output channel."""
     total = np.float32(0.0)
     for k in range(runs):
         shift = taps[k] + offset
         for e in range(starts[2 * k], starts[2 * k + 1]):
-            total += values[e] * weight[events[e] + shift]
+            total += x[events[e]] * weight[np.int64(events[e]) * scale + shift]
     return total
 
 
 @njit(cache=True, inline="always")
-def _outputs_from_runs(weight, bias, n_out, events, values, runs_at, taps, runs, out, base):
+def _outputs_from_runs(weight, bias, n_out, events, x, runs_at, taps, runs, out, base):
     """Writes ``out[base + o] = (sum over the runs' events) + bias[o]`` for every o."""
     o = 0
     while o + BLOCK <= n_out:
-        a0, a1, a2, a3 = _block32(weight, events, values, runs_at, taps, runs, o)
+        a0, a1, a2, a3 = _block32(weight, events, x, runs_at, taps, runs, o, n_out)
         store8(out, base + o, add8(a0, bias, o))
         store8(out, base + o + 8, add8(a1, bias, o + 8))
         store8(out, base + o + 16, add8(a2, bias, o + 16))
         store8(out, base + o + 24, add8(a3, bias, o + 24))
         o += BLOCK
     if o + 16 <= n_out:
-        a0, a1 = _block16(weight, events, values, runs_at, taps, runs, o)
+        a0, a1 = _block16(weight, events, x, runs_at, taps, runs, o, n_out)
         store8(out, base + o, add8(a0, bias, o))
         store8(out, base + o + 8, add8(a1, bias, o + 8))
         o += 16
     while o + 8 <= n_out:
         store8(out, base + o,
-               add8(_block8(weight, events, values, runs_at, taps, runs, o), bias, o))
+               add8(_block8(weight, events, x, runs_at, taps, runs, o, n_out), bias, o))
         o += 8
     while o < n_out:
-        out[base + o] = _block1(weight, events, values, runs_at, taps, runs, o) + bias[o]
+        out[base + o] = _block1(weight, events, x, runs_at, taps, runs, o, n_out) + bias[o]
         o += 1
 
 
 @njit(cache=True)
-def conv_events(x, channels, height, width, weight, bias, out_channels, kh, kw, sh, sw, ph,
-                pw, dh, dw, out_h, out_w, events, values, starts, runs_at, taps, out):
-    """2-D convolution (group 1) of one channels-last sample, from its nonzero inputs.
+def count_by_pixel(x, pixels, channels, starts):
+    """Writes ``starts[p]``, the nonzero entries of channels-last ``x`` before pixel ``p``
+    (``starts[pixels]``: all of them), and returns that count."""
+    count = 0
+    for pixel in range(pixels):
+        starts[pixel] = count
+        base = pixel * channels
+        nonzero = 0
+        for c in range(channels):  # a reduction LLVM vectorises
+            nonzero += x[base + c] != 0
+        count += nonzero
+    starts[pixels] = count
+    return count
+
+
+@njit(cache=True)
+def list_events(x, pixels, channels, events, starts):
+    """Lists the nonzero entries of one channels-last sample ``x``, pixel by pixel.
+
+    Writes ``events[k]``, the storage index of the k-th nonzero entry, and ``starts[p]``,
+    the first event of pixel ``p`` (``starts[pixels]`` is the count). Returns the count.
+    """
+    _list_indices(x, pixels * channels, events)
+    return count_by_pixel(x, pixels, channels, starts)
+
+
+@njit(cache=True, inline="always")
+def _every_entry(pixels, channels, every, starts):
+    """The event list of every entry, zeros included: ``every`` (0, 1, 2, ...) as events,
+    pixel p's from ``starts[p] = p * channels``."""
+    for pixel in range(pixels + 1):
+        starts[pixel] = pixel * channels
+    return every
+
+
+@njit(cache=True, inline="always")
+def _list_indices(x, size, events):
+    # Eight entries at a time, without a branch (simd.list_nonzero8), then the rest one by
+    # one: every index is written and the count advanced past nonzeros only. The kernels
+    # read the values from x.
+    count = 0
+    i = 0
+    while i + LANES <= size:
+        count = list_nonzero8(x, i, events, count)
+        i += LANES
+    while i < size:
+        events[count] = np.uint32(i)
+        count += x[i] != 0
+        i += 1
+
+
+@njit(cache=True)
+def conv_listed(x, events, starts, channels, height, width, weight, bias, out_channels, kh,
+                kw, sh, sw, ph, pw, dh, dw, out_h, out_w, runs_at, taps, out):
+    """2-D convolution (group 1) of one channels-last sample from its listed nonzero inputs.
 
     Args:
-        x: (H*W*C,) input.
-        weight: (C*KH*KW*O,) the ONNX weight (O, C, KH, KW) as [c, kh, kw, o]
+        x: (H*W*C,) the channels-last input.
+        events, starts: Its nonzero entries (see :func:`list_events`).
+        weight: (KH*KW*C*O,) the ONNX weight (O, C, KH, KW) as [kh, kw, c, o]
             (see :func:`snncompiler.runtime.fused.conv_weight_layout`).
         bias: (O,).
-        events, values: Scratch of at least C*H*W entries; starts: of H*W + 1 (uint64);
-            runs_at: of 2*KH*KW (uint64); taps: of KH*KW.
+        runs_at: Scratch of 2*KH*KW (uint64); taps: of KH*KW.
         out: (Ho*Wo*O,) output.
 
     Returns:
         The additions done: every nonzero input times the outputs it reaches.
     """
-    # 1. The nonzero inputs, pixel by pixel; an event's row offset leaves out the tap.
-    stride_c = kh * kw * out_channels
-    cells = x.reshape((height * width, channels))
-    count = 0
-    for ih in range(height):
-        for iw in range(width):
-            pixel = ih * width + iw
-            starts[pixel] = count
-            column = iw * out_channels
-            for c in range(channels):
-                value = cells[pixel, c]
-                events[count] = c * stride_c + column
-                values[count] = value
-                count += value != 0
-    starts[height * width] = count
-    # 2. Every output pixel from the events of its receptive field. With dilation 1 the
-    # kernel columns of one kernel row read consecutive pixels: one run of events.
+    # The weight row of input i = (ih*W + iw)*C + c at tap (a, b) is ((a*KW + b)*C + c)*O
+    # = i*O + ((a*KW + b) - (ih*W + iw))*C*O: an event's row is its index times O plus a
+    # shift that is the same for every event of one input pixel, and, with dilation 1, for
+    # every event of the KW consecutive pixels one kernel row reads (b - iw = -left).
+    if dh != 1 or dw != 1:
+        return _conv_listed_dilated(x, events, starts, channels, height, width, weight, bias,
+                                    out_channels, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w,
+                                    runs_at, taps, out)
+    pixel_rows = channels * out_channels
+    additions = 0
+    for oh in range(out_h):
+        top = oh * sh - ph
+        rows_inside = top >= 0 and top + kh <= height
+        for ow in range(out_w):
+            left = ow * sw - pw
+            if rows_inside and left >= 0 and left + kw <= width:
+                # Inside the input (most outputs of a large map): one run per kernel row,
+                # the next row's a row of pixels further, with no bounds to check.
+                pixel = top * width + left
+                shift = -pixel * pixel_rows
+                for a in range(kh):
+                    begin, end = starts[pixel], starts[pixel + kw]
+                    runs_at[2 * a] = begin
+                    runs_at[2 * a + 1] = end
+                    taps[a] = shift
+                    additions += np.int64(end - begin)
+                    pixel += width
+                    shift += (kw - width) * pixel_rows
+                runs = kh
+            else:
+                runs = 0
+                first, last = max(left, 0), min(left + kw, width)
+                for a in range(max(0, -top), min(kh, height - top)):
+                    row = (top + a) * width
+                    if first < last:
+                        runs_at[2 * runs] = starts[row + first]
+                        runs_at[2 * runs + 1] = starts[row + last]
+                        taps[runs] = (a * kw - row - left) * pixel_rows
+                        additions += np.int64(starts[row + last] - starts[row + first])
+                        runs += 1
+            _outputs_from_runs(weight, bias, out_channels, events, x, runs_at, taps, runs,
+                               out, (oh * out_w + ow) * out_channels)
+    return additions * out_channels
+
+
+@njit(cache=True)
+def _conv_listed_dilated(x, events, starts, channels, height, width, weight, bias,
+                         out_channels, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, runs_at,
+                         taps, out):
+    """:func:`conv_listed` with a dilation: one run per kernel tap."""
+    pixel_rows = channels * out_channels
     additions = 0
     for oh in range(out_h):
         top = oh * sh - ph
@@ -236,27 +336,41 @@ def conv_events(x, channels, height, width, weight, bias, out_channels, kh, kw, 
                 if ih < 0 or ih >= height:
                     continue
                 row = ih * width
-                if dw == 1:
-                    first, last = max(left, 0), min(left + kw, width)
-                    if first < last:
-                        runs_at[2 * runs] = starts[row + first]
-                        runs_at[2 * runs + 1] = starts[row + last]
-                        # event row + tap = c*KH*KW*O + (a*KW + iw - left)*O
-                        taps[runs] = (a * kw - left) * out_channels
-                        additions += np.int64(starts[row + last] - starts[row + first])
+                for b in range(kw):
+                    iw = left + b * dw
+                    if 0 <= iw < width:
+                        runs_at[2 * runs] = starts[row + iw]
+                        runs_at[2 * runs + 1] = starts[row + iw + 1]
+                        taps[runs] = (a * kw + b - row - iw) * pixel_rows
+                        additions += np.int64(starts[row + iw + 1] - starts[row + iw])
                         runs += 1
-                else:
-                    for b in range(kw):
-                        iw = left + b * dw
-                        if 0 <= iw < width:
-                            runs_at[2 * runs] = starts[row + iw]
-                            runs_at[2 * runs + 1] = starts[row + iw + 1]
-                            taps[runs] = (a * kw + b - iw) * out_channels
-                            additions += np.int64(starts[row + iw + 1] - starts[row + iw])
-                            runs += 1
-            _outputs_from_runs(weight, bias, out_channels, events, values, runs_at, taps, runs,
+            _outputs_from_runs(weight, bias, out_channels, events, x, runs_at, taps, runs,
                                out, (oh * out_w + ow) * out_channels)
     return additions * out_channels
+
+
+@njit(cache=True)
+def conv_events(x, channels, height, width, weight, bias, out_channels, kh, kw, sh, sw, ph,
+                pw, dh, dw, out_h, out_w, events, starts, runs_at, taps, every, dense_from,
+                out):
+    """:func:`conv_listed` of one channels-last sample ``x`` (H*W*C,), event-driven or dense.
+
+    With fewer than ``dense_from`` nonzero entries (see
+    :func:`snncompiler.runtime.fused.dense_from`) it lists them and adds only theirs; with
+    more, listing costs more than skipping the zeros saves, and it adds every entry's
+    weights, zeros included, reading ``every`` (0, 1, 2, ...) as its list. The choice
+    depends on this sample and step alone, so results still do not depend on the batch,
+    the chunk or the threads; the two paths pair the additions differently, so they differ
+    by float rounding. ``events`` is scratch of at least C*H*W entries, ``starts`` of
+    H*W + 1. Returns the additions done (every entry's, on the dense path).
+    """
+    pixels = height * width
+    if count_by_pixel(x, pixels, channels, starts) >= dense_from:
+        events = _every_entry(pixels, channels, every, starts)
+    else:
+        _list_indices(x, pixels * channels, events)
+    return conv_listed(x, events, starts, channels, height, width, weight, bias, out_channels,
+                       kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, runs_at, taps, out)
 
 
 @njit(cache=True)
@@ -306,7 +420,7 @@ def conv_grouped(x, channels, height, width, weight, bias, out_channels, kh, kw,
 
 @njit(cache=True, parallel=True)
 def conv_batch(x, channels, height, width, weight, bias, out_channels, kh, kw, sh, sw, ph, pw,
-               dh, dw, group, out_h, out_w, blocks, out):
+               dh, dw, group, out_h, out_w, dense_from, blocks, out):
     """:func:`conv_events` (or :func:`conv_grouped`) on every sample of a batch.
 
     ``x`` is (B, H*W*C) and ``out`` (B, Ho*Wo*O), channels-last. Samples are split into
@@ -315,9 +429,9 @@ def conv_batch(x, channels, height, width, weight, bias, out_channels, kh, kw, s
     """
     batch = x.shape[0]
     additions = np.zeros(batch, dtype=np.int64)
+    every = np.arange(channels * height * width).astype(np.uint32)
     for block in prange(blocks):
-        events = np.empty(channels * height * width, dtype=np.int64)
-        values = np.empty(channels * height * width, dtype=np.float32)
+        events = np.empty(channels * height * width, dtype=np.uint32)
         starts = np.empty(height * width + 1, dtype=np.uint64)
         runs_at = np.empty(2 * kh * kw, dtype=np.uint64)
         taps = np.empty(kh * kw, dtype=np.int64)
@@ -326,7 +440,8 @@ def conv_batch(x, channels, height, width, weight, bias, out_channels, kh, kw, s
             if group == 1:
                 additions[n] = conv_events(x[n], channels, height, width, weight, bias,
                                            out_channels, kh, kw, sh, sw, ph, pw, dh, dw, out_h,
-                                           out_w, events, values, starts, runs_at, taps, out[n])
+                                           out_w, events, starts, runs_at, taps, every,
+                                           dense_from, out[n])
             else:
                 additions[n] = conv_grouped(x[n], channels, height, width, weight, bias,
                                             out_channels, kh, kw, sh, sw, ph, pw, dh, dw, group,
@@ -335,26 +450,30 @@ def conv_batch(x, channels, height, width, weight, bias, out_channels, kh, kw, s
 
 
 @njit(cache=True)
-def gemm_events(x, rows, n_in, weight, bias, n_out, events, values, runs_at, taps, out):
+def gemm_listed(x, events, count, weight, bias, n_out, runs_at, taps, out):
+    """``x @ weight + bias`` for one row ``x`` from its ``count`` listed nonzero entries
+    (see :func:`list_events`). ``weight`` is the (IN, OUT) matrix, row-major: entry i's
+    row starts at ``i * OUT``. Returns the additions done."""
+    taps[0] = 0
+    runs_at[0] = 0
+    runs_at[1] = count
+    _outputs_from_runs(weight, bias, n_out, events, x, runs_at, taps, 1, out, 0)
+    return count * n_out
+
+
+@njit(cache=True)
+def gemm_events(x, rows, n_in, weight, bias, n_out, events, starts, runs_at, taps, out):
     """``x @ weight + bias`` for one sample (``rows`` rows of ``n_in``), nonzero inputs only.
 
     ``weight`` is the (IN, OUT) matrix, row-major. Returns the additions done.
     """
     additions = 0
-    taps[0] = 0
     for r in range(rows):
-        count = 0
-        for i in range(n_in):
-            value = x[r * n_in + i]
-            events[count] = i * n_out
-            values[count] = value
-            count += value != 0
-        runs_at[0] = 0
-        runs_at[1] = count
-        additions += count
-        _outputs_from_runs(weight, bias, n_out, events, values, runs_at, taps, 1, out,
-                           r * n_out)
-    return additions * n_out
+        row = x[r * n_in:(r + 1) * n_in]
+        count = list_events(row, 1, n_in, events, starts)
+        additions += gemm_listed(row, events, count, weight, bias, n_out, runs_at, taps,
+                                 out[r * n_out:(r + 1) * n_out])
+    return additions
 
 
 @njit(cache=True)
@@ -518,7 +637,7 @@ def maxpool_spikes_step(memory, channels, height, width, kh, kw, sh, sw, ph, pw,
 
 
 @njit(cache=True)
-def snm_step(z, theta, theta_neg_code, max_spikes, membrane, memory, out):
+def snm_step(z, theta, theta_neg_code, max_spikes, membrane, memory, out, count=True):
     """One step of SNM neurons for one sample (equations in neurons.py).
 
     Args:
@@ -528,36 +647,49 @@ def snm_step(z, theta, theta_neg_code, max_spikes, membrane, memory, out):
         out: Receives the weighted spikes.
 
     Returns:
-        The number of spikes sent (a burst of k counts k).
+        The number of spikes sent (a burst of k counts k); 0 for one-spike neurons with
+        ``count`` false (their caller counts the nonzero outputs as it lists them).
     """
-    n = z.size
-    # The input is added in a loop of its own: LLVM vectorises a loop only when it can
-    # check at run time that its arrays do not overlap, and it gives up beyond a few.
-    for i in range(n):
-        membrane[i] += z[i]
+    if max_spikes != 1:
+        return _snm_bursts(z, theta, theta_neg_code, max_spikes, membrane, memory, out)
+    _snm_one_spike(z, theta, theta_neg_code, membrane, memory, out)
+    spikes = 0
+    if count:
+        # In a loop of its own: a reduction would keep the neuron loop from vectorising.
+        for i in range(out.size):
+            spikes += out[i] != 0
+    return spikes
+
+
+@njit(cache=True)
+def _snm_one_spike(z, theta, theta_neg_code, membrane, memory, out):
+    """:func:`snm_step` for neurons that send at most one spike a step."""
+    # The one-spike neuron as selects, so that the loop vectorises (LLVM checks at run time
+    # that its five arrays do not overlap; in a function of its own, as LLVM gives up on a
+    # larger one); the spike value is a float (numba widens int32 arithmetic to int64,
+    # which halves the vector width).
+    allow_negative = theta_neg_code != 2
+    neg_scale = np.float32(0.0) if theta_neg_code == 0 else np.float32(-1.0)
+    for i in range(z.size):
+        th = theta[i]
+        v = membrane[i] + z[i]
+        sent = np.float32(1.0) if v >= th else (
+            np.float32(-1.0) if allow_negative and v < th * neg_scale and memory[i] > 0
+            else np.float32(0.0))
+        membrane[i] = v - sent * th
+        memory[i] += np.int32(sent)
+        out[i] = sent * th
+
+
+@njit(cache=True)
+def _snm_bursts(z, theta, theta_neg_code, max_spikes, membrane, memory, out):
+    """:func:`snm_step` for neurons that may send up to ``max_spikes`` spikes a step."""
     allow_negative = theta_neg_code != 2
     spikes = 0
-    if max_spikes == 1:
-        # The one-spike neuron as selects, so that the loop vectorises; the spike value is
-        # a float (numba widens int32 arithmetic to int64, which halves the vector width)
-        # and the spikes are counted in a loop of their own (no reduction in this one).
-        neg_scale = np.float32(0.0) if theta_neg_code == 0 else np.float32(-1.0)
-        for i in range(n):
-            th = theta[i]
-            v = membrane[i]
-            sent = np.float32(1.0) if v >= th else (
-                np.float32(-1.0) if allow_negative and v < th * neg_scale and memory[i] > 0
-                else np.float32(0.0))
-            membrane[i] = v - sent * th
-            memory[i] += np.int32(sent)
-            out[i] = sent * th
-        for i in range(n):
-            spikes += out[i] != 0
-        return spikes
-    for i in range(n):
+    for i in range(z.size):
         th = theta[i]
         neg = np.float32(0.0) if theta_neg_code == 0 else -th
-        v = membrane[i]
+        v = membrane[i] + z[i]
         m = memory[i]
         sent = 0
         while sent < max_spikes and v >= th:
@@ -585,41 +717,67 @@ def _source(space, offset, size, arena, static_row):
 
 
 @njit(cache=True)
-def _execute(op, arena, static_row, params, index, fstate, istate, dstate, acc, events,
-             values, starts, runs_at, taps, best, param_row, elapsed, readout_row,
-             record_row):
+def _execute(op, arena, static_row, params, index, every, fstate, istate, dstate, acc,
+             events, starts, runs_at, taps, best, listed_events, listed_starts, param_row,
+             elapsed, readout_row, record_row):
     """Runs one op row for one sample and step; returns its additions or spikes (or 0)."""
     code = op[OPCODE]
     size = op[SIZE]
     out = arena[op[OUT]:op[OUT] + size]
     p = op[P:]
     if code == CONV or code == CONV_GROUPED:
-        # p: C, H, W, O, KH, KW, sh, sw, ph, pw, dh, dw, group, Ho, Wo, weight, bias
+        # p: C, H, W, O, KH, KW, sh, sw, ph, pw, dh, dw, group, Ho, Wo, weight, bias,
+        # offset of the input's event list and of its starts (-1: list the input here),
+        # nonzero entries from which the dense path is taken
         channels, height, width, out_channels = p[0], p[1], p[2], p[3]
         x = _source(op[IN0_SPACE], op[IN0], channels * height * width, arena, static_row)
         weight = params[p[15]:p[15] + channels * p[4] * p[5] * out_channels // p[12]]
         bias = params[p[16]:p[16] + out_channels]
         if code == CONV:
-            return conv_events(x, channels, height, width, weight, bias, out_channels, p[4],
-                               p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[13], p[14],
-                               events, values, starts, runs_at, taps, out)
+            if p[17] < 0:
+                return conv_events(x, channels, height, width, weight, bias, out_channels,
+                                   p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[13],
+                                   p[14], events, starts, runs_at, taps, every, p[19], out)
+            # The input's neuron layer listed its spikes as it sent them (another reader
+            # may use the list too: it is read, never written here).
+            if listed_starts[p[18] + height * width] >= p[19]:
+                events = _every_entry(height * width, channels, every, starts)
+            else:
+                events, starts = listed_events[p[17]:], listed_starts[p[18]:]
+            return conv_listed(x, events, starts, channels, height, width, weight, bias,
+                               out_channels, p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
+                               p[13], p[14], runs_at, taps, out)
         return conv_grouped(x, channels, height, width, weight, bias, out_channels, p[4],
                             p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14],
                             acc, out)
     if code == GEMM:
-        # p: rows, IN, OUT, weight, bias
+        # p: rows, IN, OUT, weight, bias, offset of the input's event list and of its
+        # starts (-1: list the input here)
         rows, n_in, n_out = p[0], p[1], p[2]
+        weight = params[p[3]:p[3] + n_in * n_out]
+        bias = params[p[4]:p[4] + n_out]
         x = _source(op[IN0_SPACE], op[IN0], rows * n_in, arena, static_row)
-        return gemm_events(x, rows, n_in, params[p[3]:p[3] + n_in * n_out],
-                           params[p[4]:p[4] + n_out], n_out, events, values, runs_at, taps,
-                           out)
+        if p[5] >= 0:
+            count = listed_starts[p[6] + 1] - listed_starts[p[6]]
+            return gemm_listed(x, listed_events[p[5]:], count, weight, bias, n_out, runs_at,
+                               taps, out)
+        return gemm_events(x, rows, n_in, weight, bias, n_out, events, starts, runs_at,
+                           taps, out)
     if code == SNM:
         # p: theta (one row of every neuron's per calibrated T), theta_neg code,
-        # max spikes, membrane, memory
+        # max spikes, membrane, memory, offset of the event list to write and of its
+        # starts (-1: none), pixels of the list
         z = _source(op[IN0_SPACE], op[IN0], size, arena, static_row)
         theta = params[p[0] + param_row * size:p[0] + (param_row + 1) * size]
-        return snm_step(z, theta, p[1], p[2], fstate[p[3]:p[3] + size],
-                        istate[p[4]:p[4] + size], out)
+        listed = p[5] >= 0
+        spikes = snm_step(z, theta, p[1], p[2], fstate[p[3]:p[3] + size],
+                          istate[p[4]:p[4] + size], out, not listed or p[2] != 1)
+        if listed:
+            count = list_events(out, p[7], size // p[7], listed_events[p[5]:],
+                                listed_starts[p[6]:])
+            if p[2] == 1:  # one spike per nonzero output
+                return count
+        return spikes
     if code == MAXPOOL:
         # p: C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, Ho, Wo, running, pooled
         channels, height, width = p[0], p[1], p[2]
@@ -687,8 +845,9 @@ def _execute(op, arena, static_row, params, index, fstate, istate, dstate, acc, 
 
 
 @njit(cache=True, parallel=True)
-def run_steps(ops, params, index, static, fstate, istate, dstate, param_row, t0, readout,
-              record, arena, acc, events, values, starts, runs_at, taps, best, counts):
+def run_steps(ops, params, index, every, static, fstate, istate, dstate, param_row, t0,
+              readout, record, arena, acc, events, starts, runs_at, taps, best, listed_events,
+              listed_starts, counts):
     """Runs every op of ``ops`` for ``readout.shape[0]`` steps on every sample.
 
     Samples are split into ``arena.shape[0]`` contiguous blocks; each block owns its scratch
@@ -696,12 +855,16 @@ def run_steps(ops, params, index, static, fstate, istate, dstate, param_row, t0,
     not depend on how many threads run them.
 
     Args:
+        every: uint32 0, 1, 2, ...: the event list of a dense input (see conv_events).
         static: (N, S) static rows; fstate, istate, dstate: (N, ...) state rows.
         param_row: Which calibrated row of the neuron parameters to use.
         t0: Steps simulated before this call (the readout divides by t0 + t + 1).
         readout: (Tc, N, R) receives the readout of every graph output after every step.
         record: (Tc, N, Q) receives the ops' outputs when ``ops`` holds RECORD rows.
-        arena, acc, events, values, starts, runs_at, taps, best: (blocks, ...) scratch.
+        arena, acc, events, starts, runs_at, taps, best: (blocks, ...) scratch.
+        listed_events, listed_starts: (blocks, ...) the event lists that SNM layers write
+            for the convs and gemms that read their spikes (each list at its own offsets;
+            see :func:`list_events`).
         counts: (N, n_ops) int64; each op adds what it counts: additions done by ``conv``
             and ``gemm``, spikes sent by ``snm``.
     """
@@ -715,7 +878,7 @@ def run_steps(ops, params, index, static, fstate, istate, dstate, param_row, t0,
                 elapsed = np.float64(t0 + t + 1)
                 for k in range(ops.shape[0]):
                     counts[n, k] += _execute(
-                        ops[k], arena[block], static[n], params, index, fstate[n], istate[n],
-                        dstate[n], acc[block], events[block], values[block], starts[block],
-                        runs_at[block], taps[block], best[block], param_row, elapsed,
-                        readout[t, n], record[t, n])
+                        ops[k], arena[block], static[n], params, index, every, fstate[n],
+                        istate[n], dstate[n], acc[block], events[block], starts[block],
+                        runs_at[block], taps[block], best[block], listed_events[block],
+                        listed_starts[block], param_row, elapsed, readout[t, n], record[t, n])

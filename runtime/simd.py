@@ -11,6 +11,10 @@ then the sum (no fused multiply-add), so a kernel gives the same bits as the sam
 written with scalars. Loads and stores are unaligned and unchecked: the caller guarantees
 that ``index .. index + 7`` lies inside the array.
 
+``list_nonzero8`` appends the indices of the nonzero lanes of eight float32 values to an
+event list without a branch; it uses one AVX2 instruction, and falls back to a lane-by-lane
+loop on a CPU without AVX2.
+
 Under ``NUMBA_DISABLE_JIT=1`` the same names are numpy functions on arrays of eight.
 """
 
@@ -58,7 +62,16 @@ if numba.config.DISABLE_JIT:
     def store8(array, index, vec):
         array[index:index + LANES] = vec
 
+    def list_nonzero8(x, index, events, count):
+        """Appends the indices of the nonzero entries of ``x[index:index + 8]`` to
+        ``events`` from ``events[count]`` (writing all eight slots); returns the new count."""
+        found = index + np.flatnonzero(x[index:index + LANES])
+        events[count:count + LANES] = 0
+        events[count:count + found.size] = found
+        return count + found.size
+
 else:
+    from llvmlite import binding as llvm
     from llvmlite import ir
     from numba.core import types
     from numba.extending import intrinsic, models, register_model
@@ -212,3 +225,81 @@ else:
             return context.get_dummy_value()
 
         return types.none(array, index, vec), codegen
+
+    HAS_AVX2 = bool(llvm.get_host_cpu_features().get("avx2", False))
+
+    def _compaction_table(module):
+        """The constant table of :func:`list_nonzero8`: for each 8-bit mask, the positions
+        of its set bits first (then zeros), as an ``<8 x i32>`` per mask."""
+        name = "snncompiler_compaction_table"
+        table_type = ir.ArrayType(ir.VectorType(ir.IntType(32), LANES), 256)
+        if name in module.globals:
+            return module.globals[name]
+        rows = []
+        for mask in range(256):
+            lanes = [j for j in range(LANES) if mask >> j & 1]
+            rows.append(ir.Constant(ir.VectorType(ir.IntType(32), LANES),
+                                    lanes + [0] * (LANES - len(lanes))))
+        table = ir.GlobalVariable(module, table_type, name)
+        table.initializer = ir.Constant(table_type, rows)
+        table.global_constant = True
+        table.linkage = "internal"
+        return table
+
+    @intrinsic
+    def _list_nonzero8_avx2(typingctx, x, index, events, count):
+        """Appends the indices of the nonzero entries of ``x[index:index + 8]`` (float32) to
+        ``events`` (uint32) from ``events[count]``; returns the new count.
+
+        One vector compare gives the lanes' mask; a table gives, for that mask, the order
+        that moves the nonzero lanes first; one AVX2 lane permutation (``vpermd``) applies it
+        to the eight indices, stored at once (all eight slots are written). No branch.
+        """
+        if not (_is_float32_array(x) and isinstance(index, types.Integer)
+                and isinstance(events, types.Array) and events.dtype == types.uint32
+                and isinstance(count, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            x_value, index_value, events_value, count_value = args
+            lanes = builder.load(_address(context, builder, signature.args[0], x_value,
+                                          index_value), align=4)
+            nonzero = builder.fcmp_unordered("!=", lanes, ir.Constant(_VECTOR, [0.0] * LANES))
+            mask = builder.zext(builder.bitcast(nonzero, ir.IntType(LANES)), ir.IntType(32))
+            table = _compaction_table(builder.module)
+            order = builder.load(builder.gep(table, [ir.Constant(ir.IntType(32), 0), mask]),
+                                 align=32)
+            ints = ir.VectorType(ir.IntType(32), LANES)
+            first = builder.trunc(context.cast(builder, index_value, signature.args[1],
+                                               types.int64), ir.IntType(32))
+            indices = builder.add(_splat_int(builder, first),
+                                  ir.Constant(ints, list(range(LANES))))
+            permute = builder.module.declare_intrinsic(
+                "llvm.x86.avx2.permd", fnty=ir.FunctionType(ints, [ints, ints]))
+            packed = builder.call(permute, [indices, order])
+            data = context.make_array(signature.args[2])(context, builder, events_value).data
+            builder.store(packed, builder.bitcast(builder.gep(data, [count_value]),
+                                                  ints.as_pointer()), align=4)
+            popcount = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(32)])
+            added = builder.call(popcount, [mask])
+            total = context.cast(builder, count_value, signature.args[3], types.int64)
+            return builder.add(total, builder.zext(added, ir.IntType(64)))
+
+        return types.int64(x, index, events, count), codegen
+
+    def _splat_int(builder, value):
+        ints = ir.VectorType(ir.IntType(32), LANES)
+        lane = builder.insert_element(ir.Constant(ints, ir.Undefined), value,
+                                      ir.Constant(ir.IntType(32), 0))
+        zeros = ir.Constant(ints, [0] * LANES)
+        return builder.shuffle_vector(lane, ir.Constant(ints, ir.Undefined), zeros)
+
+    @numba.njit(inline="always")
+    def list_nonzero8_lanes(x, index, events, count):
+        """:func:`list_nonzero8` lane by lane, for a CPU without AVX2."""
+        for j in range(LANES):
+            events[count] = np.uint32(index + j)
+            count += x[index + j] != 0
+        return count
+
+    list_nonzero8 = _list_nonzero8_avx2 if HAS_AVX2 else list_nonzero8_lanes

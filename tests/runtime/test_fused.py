@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from snncompiler.runtime import InputError, Node, Program, SpikingNetwork, TensorSpec
+from snncompiler.runtime import kernels as K
 from tests.runtime.programs import conv_snm_pool_gemm, residual
 from tests.without_jit import assert_prints_same_without_jit
 
@@ -60,6 +61,41 @@ def every_fused_op(seed=0) -> Program:
                     TensorSpec("g", (10, 1, 1))], nodes, [16, 4], 16)
 
 
+def shared_spikes(seed=0) -> Program:
+    """x (2, 7, 7) -> conv -> SNM n1 -> {conv 3x3 stride 2, conv 1x1 stride 2} -> add -> SNM
+    -> global avg pool -> gemm -> SNM n3 (rank 1) -> gemm [output "y"].
+
+    n1's spikes are read by two convs and n3's by a gemm: the planner lists both layers'
+    spikes once, as they are sent (kernels.list_events).
+    """
+    rng = np.random.default_rng(seed)
+    theta = rng.uniform(0.3, 0.8, size=(1, 8)).astype(np.float32)
+    theta3 = rng.uniform(0.2, 0.5, size=(1, 6)).astype(np.float32)
+
+    def snm(name, src, dst, th, shape):
+        return Node(name, "snm", (src,), dst, {"theta_neg": "zero", "max_spikes_per_step": 1},
+                    {"theta": th, "v0": th / 2}, shape)
+
+    nodes = [
+        conv("c1", "x", "a", rng, 2, 8, (8, 7, 7)),
+        snm("n1", "a", "s1", theta, (8, 7, 7)),
+        conv("body", "s1", "b", rng, 8, 8, (8, 4, 4), stride=2),
+        conv("skip", "s1", "k", rng, 8, 8, (8, 4, 4), stride=2, pad=0, kernel=1),
+        Node("add", "add", ("b", "k"), "r", {}, {}, (8, 4, 4)),
+        snm("n2", "r", "s2", theta, (8, 4, 4)),
+        Node("gap", "global_avgpool", ("s2",), "g", {}, {}, (8, 1, 1)),
+        Node("flat", "reshape", ("g",), "f", {"shape": [8]}, {}, (8,)),
+        Node("fc1", "gemm", ("f",), "h", {},
+             {"weight": rng.normal(0, 0.6, (8, 6)).astype(np.float32),
+              "bias": rng.normal(0.1, 0.1, 6).astype(np.float32)}, (6,)),
+        snm("n3", "h", "s3", theta3, (6,)),
+        Node("fc2", "gemm", ("s3",), "y", {},
+             {"weight": rng.normal(0, 0.5, (6, 3)).astype(np.float32),
+              "bias": np.zeros(3, np.float32)}, (3,)),
+    ]
+    return Program([TensorSpec("x", (2, 7, 7))], [TensorSpec("y", (3,))], nodes, [16], 16)
+
+
 def inputs(shape, seed=1, batch=5):
     return np.random.default_rng(seed).normal(size=(batch, *shape)).astype(np.float32)
 
@@ -109,7 +145,8 @@ def test_the_observer_sees_the_same_values_from_both_executors():
             np.testing.assert_allclose(data, data1, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-@pytest.mark.parametrize("make", [every_fused_op, conv_snm_pool_gemm, residual])
+@pytest.mark.parametrize("make", [every_fused_op, conv_snm_pool_gemm, residual,
+                                  shared_spikes])
 def test_fused_results_do_not_depend_on_chunks_or_streaming(make):
     program = make()
     net = SpikingNetwork(program)
@@ -127,6 +164,34 @@ def test_fused_results_do_not_depend_on_chunks_or_streaming(make):
             np.testing.assert_array_equal(np.stack([s[name] for s in streamed]), whole[name])
     else:
         np.testing.assert_array_equal(np.stack(streamed), whole)
+
+
+def test_spikes_listed_as_sent_give_the_same_bits_as_listing_in_each_reader(monkeypatch):
+    from snncompiler.runtime import fused
+
+    program = shared_spikes()
+    net = SpikingNetwork(program)
+    plan = net._fused_plan(False)
+    lists = {plan.op_nodes[k]: row for k, row in enumerate(plan.ops)
+             if row[K.OPCODE] in (K.CONV, K.GEMM, K.SNM)}
+    # n1 and n3 write lists; body, skip (one list, read twice) and fc2 read them.
+    assert lists["n1"][K.P + 5] >= 0 and lists["n3"][K.P + 5] >= 0
+    assert lists["n2"][K.P + 5] < 0 and lists["fc1"][K.P + 5] < 0
+    assert lists["body"][K.P + 17] == lists["skip"][K.P + 17] == lists["n1"][K.P + 5]
+    assert lists["fc2"][K.P + 5] == lists["n3"][K.P + 5]
+    x = inputs((2, 7, 7), batch=6)
+    listed = net.run(x, 13)
+    counted = net.counters()
+    assert counted["n3"].sum() > 0 and counted["fc2"].sum() > 0
+    monkeypatch.setattr(fused, "_listed_spikes", lambda *args: [])
+    plain = SpikingNetwork(program)
+    assert all(row[K.P + 5] < 0 for row in plain._fused_plan(False).ops
+               if row[K.OPCODE] == K.SNM)
+    np.testing.assert_array_equal(plain.run(x, 13), listed)
+    for name, values in plain.counters().items():
+        np.testing.assert_array_equal(values, counted[name], err_msg=name)
+    slow = SpikingNetwork(program, executor="nodes").run(x, 13)
+    np.testing.assert_allclose(listed, slow, rtol=1e-4, atol=1e-5)
 
 
 def test_a_sample_does_not_depend_on_the_rest_of_the_batch():
@@ -148,6 +213,31 @@ def test_counters_agree_between_executors():
     for name, values in counted["fused"].items():
         np.testing.assert_array_equal(values, counted["nodes"][name], err_msg=name)
     assert counted["fused"]["n1"].shape == (5,) and counted["fused"]["n1"].sum() > 0
+
+
+def test_both_executors_run_a_conv_dense_from_the_same_input_density(monkeypatch):
+    """residual()'s c2 reads sparse spikes (3 x 6 x 6): event-driven by default; with
+    fused.dense_from at one nonzero entry, both executors run every step of it dense,
+    adding every entry's weights, and count so."""
+    from snncompiler.runtime import fused
+
+    program = residual()
+    x = inputs((3, 6, 6))
+    reach = np.array([2, 3, 3, 3, 3, 2])  # outputs each input row (and column) reaches
+    every_entry = 9 * 3 * int(np.outer(reach, reach).sum()) * 3  # steps x C x taps x O
+    runs = {}
+    for dense in (False, True):
+        if dense:
+            monkeypatch.setattr(fused, "dense_from", lambda *geometry: 1)
+        for executor in ("fused", "nodes"):
+            net = SpikingNetwork(program, executor=executor)
+            runs[dense, executor] = net.run(x, 9), net.counters()["c2"]
+    assert (runs[False, "fused"][1] < every_entry).all()
+    for executor in ("fused", "nodes"):
+        np.testing.assert_array_equal(runs[False, executor][1], runs[False, "fused"][1])
+        np.testing.assert_array_equal(runs[True, executor][1], every_entry)
+        np.testing.assert_allclose(runs[True, executor][0], runs[False, "fused"][0],
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_a_new_batch_size_needs_a_reset():

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from snncompiler.runtime import kernels as K
 from snncompiler.runtime import linear
-from snncompiler.runtime.fused import conv_weight_layout, from_storage, to_storage
+from snncompiler.runtime.fused import (
+    LISTING_COST,
+    conv_weight_layout,
+    dense_from,
+    from_storage,
+    grouped_weight_layout,
+    to_storage,
+)
 from snncompiler.runtime.neurons import THETA_NEG_CODES, snm_step_reference
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
@@ -27,22 +34,26 @@ def spikes(rng, shape, density, theta=0.7):
 
 
 def conv_scratch(channels, height, width, kh, kw):
-    return (np.zeros(channels * height * width, np.int64),
-            np.zeros(channels * height * width, np.float32),
+    return (np.zeros(channels * height * width, np.uint32),
             np.zeros(height * width + 1, np.uint64), np.zeros(2 * kh * kw, np.uint64),
             np.zeros(kh * kw, np.int64))
 
 
-def run_conv(x, weight, bias, strides, pads, dilations, group, out_hw):
-    """One sample (C, H, W) through the fused conv kernel (events, or grouped scatter)."""
+def run_conv(x, weight, bias, strides, pads, dilations, group, out_hw, dense_from=None):
+    """One sample (C, H, W) through the fused conv kernel (events, or grouped scatter).
+
+    ``dense_from``: nonzero entries from which the kernel runs dense (default: never).
+    """
     channels, height, width = x.shape
     out_channels, _, kh, kw = weight.shape
     out = np.zeros(out_channels * out_hw[0] * out_hw[1], np.float32)
     args = (to_storage(x, x.shape), channels, height, width, conv_weight_layout(weight, group),
             bias, out_channels, kh, kw, *strides, pads[0], pads[1], *dilations)
     if group == 1:
+        every = np.arange(x.size, dtype=np.uint32)
         additions = K.conv_events(*args, *out_hw, *conv_scratch(channels, height, width, kh,
-                                                                  kw), out)
+                                                                  kw), every,
+                                  x.size + 1 if dense_from is None else dense_from, out)
     else:
         acc = np.zeros(out.size, np.float32)
         additions = K.conv_grouped(*args, group, *out_hw, acc, out)
@@ -68,7 +79,8 @@ def out_size(size, kernel, stride, pad_begin, pad_end, dilation):
 
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("density", [0.0, 0.15, 1.0])
-def test_event_conv_matches_numpy(case, density):
+@pytest.mark.parametrize("dense", [False, True])
+def test_event_conv_matches_numpy(case, density, dense):
     channels, out_channels, kernel, strides, pads, dilations, group, size = case
     rng = np.random.default_rng(len(str(case)))
     weight = rng.normal(0, 0.5, (out_channels, channels // group, *kernel)).astype(np.float32)
@@ -78,13 +90,43 @@ def test_event_conv_matches_numpy(case, density):
         x = rng.normal(size=x.shape).astype(np.float32)  # a dense current, not spikes
     out_hw = (out_size(size[0], kernel[0], strides[0], pads[0], pads[2], dilations[0]),
               out_size(size[1], kernel[1], strides[1], pads[1], pads[3], dilations[1]))
-    got, additions = run_conv(x, weight, bias, strides, pads, dilations, group, out_hw)
+    got, additions = run_conv(x, weight, bias, strides, pads, dilations, group, out_hw,
+                              dense_from=0 if dense else None)
     expected = linear.conv2d(x[None], weight, bias, strides, pads, dilations, group)[0]
     np.testing.assert_allclose(got, expected, **TOLERANCE)
-    # Additions: each nonzero input times the outputs it reaches (counted by brute force).
-    reach = linear.conv2d((x != 0).astype(np.float32)[None], np.ones_like(weight),
+    # Additions: each nonzero input (every input, on the dense path) times the outputs it
+    # reaches (counted by brute force).
+    counted = (x != 0) | (dense and group == 1)
+    reach = linear.conv2d(counted.astype(np.float32)[None], np.ones_like(weight),
                           np.zeros_like(bias), strides, pads, dilations, group)
     assert additions == int(reach.sum())
+
+
+def test_conv_runs_dense_from_the_given_number_of_nonzero_inputs():
+    rng = np.random.default_rng(3)
+    weight = rng.normal(size=(8, 4, 3, 3)).astype(np.float32)
+    bias = rng.normal(size=8).astype(np.float32)
+    x = spikes(rng, (4, 6, 6), 0.4)
+    nonzero = np.count_nonzero(x)
+    geometry = ((1, 1), (1, 1, 1, 1), (1, 1), 1, (6, 6))
+    reach = np.array([2, 3, 3, 3, 3, 2])
+    per_entry = np.outer(reach, reach) * 8  # additions of one input entry, by pixel
+    sparse = int((np.count_nonzero(x, axis=0) * per_entry).sum())
+    assert 0 < sparse < 4 * per_entry.sum()
+    events, counted = run_conv(x, weight, bias, *geometry, dense_from=nonzero + 1)
+    assert counted == sparse
+    dense, counted = run_conv(x, weight, bias, *geometry, dense_from=nonzero)
+    assert counted == 4 * per_entry.sum()
+    np.testing.assert_allclose(dense, events, **TOLERANCE)
+
+
+def test_dense_from_follows_the_cost_of_listing_against_the_additions_it_saves():
+    # 3x3 to 16 channels: 18 eight-lane additions per entry, dense from 1 - cost/18 nonzero.
+    assert dense_from(16, 28, 28, 16, (3, 3), (1, 1)) == int(
+        np.ceil(12544 * (1 - LISTING_COST / 18)))
+    # 1x1 stride 2 to 8 channels: a quarter of an addition per entry, listing costs more.
+    assert dense_from(8, 10, 10, 8, (1, 1), (2, 2)) == 0
+    assert dense_from(32, 7, 7, 64, (3, 3), (1, 1)) > dense_from(32, 7, 7, 8, (3, 3), (1, 1))
 
 
 def test_event_conv_equals_the_scatter_kernel_up_to_pairing():
@@ -97,8 +139,8 @@ def test_event_conv_equals_the_scatter_kernel_up_to_pairing():
     events, _ = run_conv(x, weight, bias, *geometry, 1, (9, 9))
     acc = np.zeros(16 * 81, np.float32)
     out = np.zeros(16 * 81, np.float32)
-    K.conv_grouped(to_storage(x, x.shape), 8, 9, 9, conv_weight_layout(weight, 1), bias, 16, 3,
-                   3, 1, 1, 1, 1, 1, 1, 1, 9, 9, acc, out)
+    K.conv_grouped(to_storage(x, x.shape), 8, 9, 9, grouped_weight_layout(weight, 1), bias,
+                   16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 9, 9, acc, out)
     np.testing.assert_allclose(events, from_storage(out, (16, 9, 9)), **TOLERANCE)
 
 
@@ -124,7 +166,7 @@ def test_event_gemm_matches_numpy(rows, n_in, n_out, density):
     bias = rng.normal(size=n_out).astype(np.float32)
     out = np.zeros(rows * n_out, np.float32)
     additions = K.gemm_events(x.reshape(-1), rows, n_in, weight.reshape(-1), bias, n_out,
-                              np.zeros(n_in, np.int64), np.zeros(n_in, np.float32),
+                              np.zeros(n_in, np.uint32), np.zeros(2, np.uint64),
                               np.zeros(2, np.uint64), np.zeros(1, np.int64), out)
     np.testing.assert_allclose(out.reshape(rows, n_out), linear.gemm(x, weight, bias),
                                **TOLERANCE)
