@@ -103,16 +103,20 @@ def _ort_session(path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def worker_ort(onnx: str, inputs: str, passes: int, threads: int, repeat: int) -> dict:
-    x = np.load(inputs)
+def _ort_passes(onnx: str, x: np.ndarray, passes: int, threads: int):
+    """A function that runs ``passes`` onnxruntime passes of the ANN on ``x``."""
     session = _ort_session(onnx, threads)
-    name = session.get_inputs()[0].name
+    feed = {session.get_inputs()[0].name: x}
 
     def run():
         for _ in range(passes):
-            session.run(None, {name: x})
+            session.run(None, feed)
 
-    best, times = _best(run, repeat)
+    return run
+
+
+def worker_ort(onnx: str, inputs: str, passes: int, threads: int, repeat: int) -> dict:
+    best, times = _best(_ort_passes(onnx, np.load(inputs), passes, threads), repeat)
     return {"seconds": best, "all_seconds": times, "passes": passes, "threads": threads,
             "peak_rss_mb": _peak_rss_mb()}
 
@@ -131,15 +135,9 @@ def worker_pair(onnx: str, snn: str, inputs: str, passes: int, timesteps: list[i
 
     numba.set_num_threads(threads)
     x = np.load(inputs)
-    session = _ort_session(onnx, threads)
-    name = session.get_inputs()[0].name
     net = runtime.load(snn)
-
-    def ort_passes():
-        for _ in range(passes):
-            session.run(None, {name: x})
-
-    runs = {"ort": ort_passes, **{str(t): lambda t=t: net.run(x, t) for t in timesteps}}
+    runs = {"ort": _ort_passes(onnx, x, passes, threads),
+            **{str(t): lambda t=t: net.run(x, t) for t in timesteps}}
     times = {key: [] for key in runs}
     for fn in runs.values():
         fn()  # warm-up: numba loads its cached kernels, onnxruntime its arenas
@@ -150,14 +148,13 @@ def worker_pair(onnx: str, snn: str, inputs: str, passes: int, timesteps: list[i
             times[key].append(time.perf_counter() - start)
     net.run(x, 32)
     report = activity(net)
-    rates = [layer.firing_rate for layer in report.neurons()]
     snn_result = {
         "executor": net.executor, "threads": threads,
         "seconds": {t: min(v) for t, v in times.items() if t != "ort"},
         "all_seconds": {t: v for t, v in times.items() if t != "ort"},
         "synaptic_ops_per_image": report.synaptic_ops, "ann_macs_per_image": report.ann_macs,
         "static_macs_per_image": report.static_macs, "steps_for_ops": report.steps,
-        "mean_firing_rate": float(np.mean(rates)) if rates else 0.0}
+        "mean_firing_rate": report.mean_firing_rate()}
     return {"ort": {"seconds": min(times["ort"]), "all_seconds": times["ort"],
                     "passes": passes, "threads": threads},
             "snn": snn_result}
@@ -199,12 +196,14 @@ def worker_calibration(onnx: str, inputs: str, images: int, threads: int, batch:
     import onnx as onnx_lib
 
     x = np.load(inputs)[:images]
-    name = _ort_session(onnx, threads).get_inputs()[0].name
+    session = _ort_session(onnx, threads)
+    name = session.get_inputs()[0].name
     batches = [{name: x[i:i + batch]} for i in range(0, len(x), batch)]
     before = _rss_mb()
     runs = {}
-    if "plain" in modes:
-        session = _ort_session(onnx, threads)
+    if "plain" not in modes:
+        del session  # not kept alive beside the pass: its peak RSS is the pass's own
+    else:
 
         def plain():
             for feed in batches:
@@ -468,7 +467,9 @@ NOTES = [
     "input. Its results do not depend on the time chunk, the batch or the thread count.",
     "- *synaptic ops*: additions done by the event-driven layers (nonzero inputs x outputs "
     "reached), per image over 32 steps, from `runtime.stats.activity`; *ANN MACs x32*: what "
-    "32 dense passes of the same layers would do.",
+    "32 dense passes of the same layers would do; *mean firing rate*: spikes per neuron and "
+    "step over all neuron layers together (`Activity.mean_firing_rate`, as `snnc eval` "
+    "reports it).",
     "- *SpikingJelly*: `ann2snn.Converter` (default rate-coding recipe, `mode='max'`) on the "
     "ANN rebuilt in torch from the ONNX weights (`benchmarks/peers/spikingjelly_ann2snn.py`), "
     "stepped with `snn(x)` T times under `torch.no_grad()` (its converted modules are "

@@ -503,12 +503,11 @@ class SpikingNetwork:
                      record: np.ndarray) -> None:
         """Advances the fused executor by ``readout.shape[0]`` steps from step ``self.t``."""
         batch = rows.shape[0]
+        # run() resets first and step() refuses a batch that differs from its earlier steps,
+        # so the state, when there is one, is this batch's.
         state = self._fused_state
         if state is None:
             state = self._fresh_fused_state(plan, batch)
-        elif state["fstate"].shape[0] != batch:
-            raise InputError(f"batch of {batch} after steps with a batch of "
-                             f"{state['fstate'].shape[0]}; call reset() first")
         counts = state["counts"].setdefault(
             id(plan), (plan, np.zeros((batch, len(plan.ops)), dtype=np.int64)))[1]
         blocks = min(batch, BLOCKS_PER_THREAD * numba.get_num_threads())

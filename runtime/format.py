@@ -31,7 +31,6 @@ import json
 import math
 import os
 import re
-import secrets
 import struct
 import tokenize
 import zipfile
@@ -42,6 +41,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from snncompiler.runtime.errors import FormatError, InputError
+from snncompiler.runtime.files import open_atomically
 from snncompiler.runtime.graph import Node, Program, TensorSpec
 from snncompiler.runtime.opset import NEURON_OPS, OPS, AttrSpec, OpSchema, infer_shape
 
@@ -438,27 +438,15 @@ def save_program(program: Program, path: str | os.PathLike, *, overwrite: bool =
     header_bytes = text.encode("ascii")  # json.dumps escapes everything else
     sizes = _check_fits_reader(text, header_bytes, arrays)
 
-    folder, name = os.path.split(os.path.abspath(target))
-    temp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
-    # os.open with 0o666 lets the umask decide the final permissions, like a plain open().
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            # Small arrays are measured up front (zero biases are common); a large one
-            # found near-constant while writing costs a second pass over the archive.
-            stored = _squeezed_small_arrays(arrays)
-            squeezed = _write_archive(fp, header_bytes, arrays, sizes, stored)
-            if squeezed:
-                fp.seek(0)
-                fp.truncate()
-                _write_archive(fp, header_bytes, arrays, sizes, stored | squeezed)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    with open_atomically(target, "wb") as fp:
+        # Small arrays are measured up front (zero biases are common); a large one found
+        # near-constant while writing costs a second pass over the archive.
+        stored = _squeezed_small_arrays(arrays)
+        squeezed = _write_archive(fp, header_bytes, arrays, sizes, stored)
+        if squeezed:
+            fp.seek(0)
+            fp.truncate()
+            _write_archive(fp, header_bytes, arrays, sizes, stored | squeezed)
 
 
 def _header(program: Program) -> tuple[dict, list[np.ndarray]]:
