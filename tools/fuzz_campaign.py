@@ -1296,10 +1296,10 @@ def main(argv: list[str] | None = None) -> int:
             previous = args.report.read_text()
             if NOTES in previous:
                 text += "\n" + previous[previous.index(NOTES):]
+        from snncompiler.files import write_text_atomically
+
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        temporary = args.report.with_name(f".{args.report.name}.tmp")
-        temporary.write_text(text)
-        os.replace(temporary, args.report)
+        write_text_atomically(args.report, text)
     print(text)
     return 1 if any(s.crashes for s in summaries) else 0
 
