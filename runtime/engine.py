@@ -33,7 +33,7 @@ from snncompiler.runtime import fused, kernels, linear
 from snncompiler.runtime.analog import run_analog
 from snncompiler.runtime.errors import InputError
 from snncompiler.runtime.graph import Program
-from snncompiler.runtime.neuron_variants import run_snm_clip, run_snm_leaky
+from snncompiler.runtime.neuron_variants import run_tracking
 from snncompiler.runtime.neurons import (
     THETA_NEG_CODES,
     neuron_current,
@@ -57,7 +57,8 @@ MAX_READOUT_BYTES = 4 * 2**30
 LONG_RUN_STEPS = 100_000
 EXECUTOR_CHOICES = ("auto", "fused", "nodes")
 BLOCKS_PER_THREAD = 4  # samples are split in this many blocks per thread (load balance)
-COUNTING_OPCODES = (kernels.CONV, kernels.CONV_GROUPED, kernels.GEMM, kernels.SNM)
+COUNTING_OPCODES = (kernels.CONV, kernels.CONV_GROUPED, kernels.GEMM, kernels.SNM,
+                    kernels.TRACK)
 
 
 @dataclass
@@ -245,8 +246,8 @@ EXECUTORS: dict[str, Callable] = {
     "maxpool": _run_maxpool,
     "reshape": _run_reshape,
     "snm": _run_snm,
-    "snm_clip": run_snm_clip,
-    "snm_leaky": run_snm_leaky,
+    "snm_clip": run_tracking,
+    "snm_leaky": run_tracking,
     "concat": run_concat,
     "transpose": run_transpose,
     "pad": run_pad,
@@ -520,7 +521,7 @@ class SpikingNetwork:
         # Blocks are handed to threads one at a time, so a thread slowed down by another
         # process does not hold the others up; results never depend on it.
         with numba.parallel_chunksize(1):
-            kernels.run_steps(plan.ops, plan.params, plan.index, plan.every, rows,
+            kernels.run_steps(plan.ops, plan.params, plan.dparams, plan.index, plan.every, rows,
                               state["fstate"], state["istate"], state["dstate"],
                               self.parameter_row, self.t, readout, record, *scratch, counts)
 

@@ -8,7 +8,8 @@ activations stay in the cache, nothing is allocated per step, and linear ops on 
 event-driven (see :mod:`snncompiler.runtime.kernels`).
 
 :func:`plan` turns a program into that form once: one integer row per op, a float32
-parameter block (weights rearranged for the kernels), and the offset of every tensor in a
+parameter block (weights rearranged for the kernels), a float64 one (the tracking
+neurons' parameters, as the node executor reads them), and the offset of every tensor in a
 per-sample arena (a slot is reused once its tensor is dead), in the static row or in the
 state rows. Tensors of rank 3 are stored channels-last (:func:`storage_order`); a
 ``reshape`` costs nothing when both sides keep their logical order, else it is a gather.
@@ -23,11 +24,15 @@ import numpy as np
 
 from snncompiler.runtime import kernels as K
 from snncompiler.runtime.linear import avgpool_divisor
+from snncompiler.runtime.neuron_variants import tracking_parameters
 from snncompiler.runtime.neurons import THETA_NEG_CODES
 
 FUSED_OPS = frozenset({"conv", "gemm", "affine", "add", "avgpool", "global_avgpool", "maxpool",
-                       "reshape", "snm"})
+                       "reshape", "snm", "snm_clip", "snm_leaky"})
 """The ops the fused executor runs; a program with another dynamic op uses the node path."""
+
+LISTING_NEURONS = frozenset({"snm", "snm_clip", "snm_leaky"})
+"""Neuron ops whose kernels can list their spikes as they send them (see _listed_spikes)."""
 
 
 # --------------------------------------------------------------------------- layouts
@@ -91,13 +96,15 @@ class FusedPlan:
     Attributes:
         ops: (n_ops, kernels.ROW) int64 op rows.
         op_nodes: The node each op row belongs to.
-        params: float32 parameters; index: int64 index maps.
+        params: float32 parameters; dparams: float64 parameters (tracking neurons);
+            index: int64 index maps.
         every: uint32 0, 1, 2, ...: the event list of a dense input (kernels.conv_events).
         static: Static tensors the dynamic nodes read: name -> (offset, size) in the row.
         static_size: Length of a static row.
         scratch: Length of each per-block scratch row, by name (see kernels.run_steps).
         state_sizes: Lengths of the fstate, istate and dstate rows.
-        membranes: (offset in fstate, v0 (rows, C), shape) of every neuron layer.
+        membranes: (offset in fstate, v0 (rows, C), shape) of every SNM layer (the
+            tracking neurons read their v0 at every step and start from zero state).
         readout: Output name -> (column, size) in the readout row (storage order).
         record: Node name -> (column, size) in the record row (when planned with record).
     """
@@ -105,6 +112,7 @@ class FusedPlan:
     ops: np.ndarray
     op_nodes: list[str]
     params: np.ndarray
+    dparams: np.ndarray
     index: np.ndarray
     every: np.ndarray
     static: dict[str, tuple[int, int]]
@@ -153,10 +161,12 @@ def conv_weight_layout(weight: np.ndarray, group: int) -> np.ndarray:
     """ONNX (O, C/g, KH, KW) -> the flat layout of the fused conv kernel of ``group``.
 
     Group 1 (:func:`snncompiler.runtime.kernels.conv_listed`): [kh, kw, c, o], so that an
-    input's weight row is its storage index times O plus a shift per input pixel. Other
-    groups: :func:`grouped_weight_layout`.
+    input's weight row is its storage index times O plus a shift per input pixel. Depthwise
+    (:func:`snncompiler.runtime.kernels.conv_depthwise`): [kh, kw, c], a tap's weights
+    channels-last like the input. Other groups: :func:`grouped_weight_layout`.
     """
-    if group == 1:
+    out_channels, per_group_in = weight.shape[:2]
+    if group == 1 or K.is_depthwise(per_group_in * group, out_channels, group):
         return np.ascontiguousarray(weight.transpose(2, 3, 1, 0), dtype=np.float32).reshape(-1)
     return grouped_weight_layout(weight, group)
 
@@ -224,13 +234,15 @@ class _Builder:
         self.op_nodes: list[str] = []
         self.params: list[np.ndarray] = []
         self.param_size = 0
+        self.dparams: list[np.ndarray] = []
+        self.dparam_size = 0
         self.index: list[np.ndarray] = []
         self.index_size = 0
         self.state = [0, 0, 0]
         self.scratch = dict.fromkeys(SCRATCH, 1)
         self.membranes: list[tuple[int, np.ndarray, tuple]] = []
         self.snm_memory: dict[str, int] = {}  # SNM node -> offset of its counts in istate
-        self.lists: dict[str, tuple[int, int, int]] = {}  # SNM output -> list (see listing)
+        self.lists: dict[str, tuple[int, int, int]] = {}  # neuron output -> its event list
         self.every = 1  # length of the dense event list 0, 1, 2, ...
 
     def param(self, array) -> int:
@@ -238,6 +250,12 @@ class _Builder:
         self.params.append(array)
         self.param_size += array.size
         return self.param_size - array.size
+
+    def dparam(self, array) -> int:
+        array = np.ascontiguousarray(array, dtype=np.float64).reshape(-1)
+        self.dparams.append(array)
+        self.dparam_size += array.size
+        return self.dparam_size - array.size
 
     def indices(self, array) -> int:
         array = np.asarray(array, dtype=np.int64).reshape(-1)
@@ -354,6 +372,7 @@ def plan(program, shapes: dict[str, tuple], dynamic: dict[str, bool], *,
         ops=np.array(build.rows, dtype=np.int64).reshape(-1, K.ROW),
         op_nodes=build.op_nodes,
         params=np.concatenate(build.params) if build.params else np.zeros(0, np.float32),
+        dparams=np.concatenate(build.dparams) if build.dparams else np.zeros(0, np.float64),
         index=np.concatenate(build.index) if build.index else np.zeros(0, np.int64),
         every=np.arange(build.every, dtype=np.uint32),
         static=static,
@@ -376,7 +395,7 @@ def _check_listable(name: str, size: int) -> None:
 
 def _listed_spikes(nodes, root: dict[str, str], shapes: dict[str, tuple],
                    producers: dict) -> list[str]:
-    """The SNM outputs that a conv (group 1) or a one-row gemm reads as they are stored:
+    """The neuron outputs that a conv (group 1) or a one-row gemm reads as they are stored:
     those layers list their spikes once as they send them, for every such reader, instead
     of each reader listing them again (ResNet blocks read their input twice)."""
     listed = []
@@ -385,7 +404,7 @@ def _listed_spikes(nodes, root: dict[str, str], shapes: dict[str, tuple],
             continue
         source = root.get(node.inputs[0], node.inputs[0])
         producer = producers.get(source)
-        if producer is None or producer.op != "snm" or source in listed:
+        if producer is None or producer.op not in LISTING_NEURONS or source in listed:
             continue
         in_shape = tuple(shapes[node.inputs[0]])
         if node.op == "conv" and node.attrs["group"] == 1 and len(in_shape) == 3:
@@ -412,7 +431,7 @@ def _emit(build: _Builder, node, in_shapes: list[tuple], ins: list[Slot], out: S
           producers: dict, listed: tuple[int, int, int] | None) -> None:
     """Appends the op row of one dynamic node that is not a free reshape.
 
-    ``listed``: where the event list of the node's first input is, when an SNM layer
+    ``listed``: where the event list of the node's first input is, when a neuron layer
     writes one (see :func:`_listed_spikes`).
     """
     read_list = [listed[0], listed[1]] if listed is not None else [-1, -1]
@@ -435,6 +454,9 @@ def _emit(build: _Builder, node, in_shapes: list[tuple], ins: list[Slot], out: S
             build.emit(K.CONV, node.name, ins, out,
                        p + read_list + [dense_from(channels, height, width, out_channels,
                                                    (kh, kw), a["strides"])])
+        elif K.is_depthwise(channels, out_channels, group):
+            build.need(starts=height * width + 1, taps=2 * kh * kw)
+            build.emit(K.CONV_GROUPED, node.name, ins, out, p)
         else:
             build.need(acc=out.size)
             build.emit(K.CONV_GROUPED, node.name, ins, out, p)
@@ -453,6 +475,8 @@ def _emit(build: _Builder, node, in_shapes: list[tuple], ins: list[Slot], out: S
                    [build.param(per_neuron(node.arrays["theta"], shape)),
                     THETA_NEG_CODES[a["theta_neg"]], a["max_spikes_per_step"], membrane,
                     build.snm_memory[node.name], *writes])
+    elif node.op in ("snm_clip", "snm_leaky"):
+        _emit_tracking(build, node, ins, out)
     elif node.op == "maxpool":
         channels, height, width = in_shape
         geometry = [channels, height, width, *a["kernel"], *a["strides"], a["pads"][0],
@@ -496,3 +520,28 @@ def _emit(build: _Builder, node, in_shapes: list[tuple], ins: list[Slot], out: S
         build.emit(K.GATHER, node.name, ins, out, [ins[0].size, build.indices(order)])
     else:  # pragma: no cover - guarded by supports()
         raise ValueError(f"node {node.name!r}: no fused kernel for op {node.op!r}")
+
+
+def _emit_tracking(build: _Builder, node, ins: list[Slot], out: Slot) -> None:
+    """The TRACK row of a ``snm_clip`` or ``snm_leaky`` node: its per-channel parameters in
+    float64, as the node executor reads them (neuron_variants.tracking_parameters), and
+    zero state (a running sum and a spike count per neuron)."""
+    shape = tuple(node.shape)
+    channels = shape[0] if shape else 1
+    slope, upper = tracking_parameters(node)
+    events, starts, pixels = build.lists.get(node.output, (-1, -1, 1))
+    p = [0] * K.TRACK_SLOTS
+    p[K.TRACK_THETA] = build.dparam(node.arrays["theta"])
+    p[K.TRACK_V0] = build.dparam(node.arrays["v0"])
+    p[K.TRACK_SLOPE] = build.dparam(slope)
+    p[K.TRACK_UPPER] = build.dparam([upper])
+    p[K.TRACK_CHANNELS] = channels
+    # Channels-last tensors interleave the channels; the others keep a channel's together.
+    p[K.TRACK_INNER] = 1 if len(shape) == 3 else math.prod(shape) // channels
+    p[K.TRACK_THETA_NEG] = THETA_NEG_CODES[node.attrs["theta_neg"]]
+    p[K.TRACK_MAX_SPIKES] = node.attrs["max_spikes_per_step"]
+    p[K.TRACK_RUNNING] = build.take(2, out.size)
+    p[K.TRACK_MEMORY] = build.take(1, out.size)
+    p[K.TRACK_LIST_EVENTS], p[K.TRACK_LIST_STARTS], p[K.TRACK_LIST_PIXELS] = (
+        events, starts, pixels)
+    build.emit(K.TRACK, node.name, ins, out, p)

@@ -8,10 +8,12 @@ program into arrays that these kernels read:
 - ``ops``: one row of integers per op, ``[opcode, in0 space, in0 offset, in1 space,
   in1 offset, out offset, out size, p0, p1, ...]``; the ``p`` are the op's own integers
   (shapes, geometry, offsets of its parameters and state), listed in :func:`_execute`;
-- ``params``: float32 weights, biases, thresholds, ...; ``index``: int64 index maps;
+- ``params``: float32 weights, biases, thresholds, ...; ``dparams``: float64 parameters
+  of the tracking neurons (the values the node executor reads); ``index``: int64 index
+  maps;
 - per-sample state rows: ``fstate`` (membranes; max counts of the max pools on spikes),
-  ``istate`` (spike counts), ``dstate`` (float64 running sums of the other max pools and
-  of the readout);
+  ``istate`` (spike counts), ``dstate`` (float64 running sums of the other max pools, of
+  the tracking neurons and of the readout);
 - per-block scratch rows (a block is a run of samples handled by one thread).
 
 An input lives in space 0 (this step's arena) or space 1 (the sample's static row: values
@@ -24,7 +26,7 @@ nonzero inputs of the step (their storage indices, pixel by pixel: :func:`list_e
 then compute every output from the listed inputs that reach it only, keeping 32 output
 channels in four 8-lane registers (:mod:`snncompiler.runtime.simd`). The additions done
 are (nonzero inputs) x (outputs each reaches), against (all inputs) x (outputs) for a
-dense layer. An SNM layer whose spikes a conv or a one-row gemm reads lists them as it
+dense layer. A neuron layer whose spikes a conv or a one-row gemm reads lists them as it
 sends them, once for all its readers (a ResNet block reads its input twice).
 
 Dense or event-driven, per layer and step. Listing costs about as much per input as one
@@ -36,6 +38,11 @@ layer by its geometry (:func:`snncompiler.runtime.fused.dense_from`, fitted by
 channels. At the firing rates of converted networks (10 to 25%) 3x3 convs stay
 event-driven; dense inputs come from average pools, adds and analog layers. (``gemm`` is
 always event-driven: its listing is a small part of its work.)
+
+Depthwise convs (one channel per group: MobileNet, EfficientNet) add few terms per input,
+so listing does not pay: :func:`conv_depthwise` adds, per output pixel, each kernel tap's
+input pixel channels-last, 8 channels in a register, skipping only all-zero pixels. Other
+grouped convs scatter each nonzero input (:func:`conv_grouped`).
 
 Every output adds its terms in an order fixed by the positions of the listed inputs alone
 (kernel row, kernel column, input channel; for ``gemm`` the input index; alternate terms go
@@ -52,6 +59,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from snncompiler.runtime.neuron_variants import tracking_step
 from snncompiler.runtime.simd import (
     LANES,
     add8,
@@ -69,12 +77,22 @@ from snncompiler.runtime.simd import (
 
 # Opcodes of the fused executor.
 (CONV, CONV_GROUPED, GEMM, AFFINE, ADD, AVGPOOL, GLOBAL_AVGPOOL, MAXPOOL, MAXPOOL_SPIKES, SNM,
- GATHER, READOUT, RECORD) = range(13)
+ GATHER, READOUT, RECORD, TRACK) = range(14)
 
 # Columns of an ``ops`` row before the op's own integers.
 OPCODE, IN0_SPACE, IN0, IN1_SPACE, IN1, OUT, SIZE, P = range(8)
 N_PARAMS = 20
 ROW = P + N_PARAMS
+
+# The op integers of TRACK (tracking neurons: snm_clip, snm_leaky), by name: offsets in
+# ``dparams`` of theta and v0 (one row of C per calibrated T), of slope (C) and of upper (1);
+# C; neurons of a channel stored one after the other (neuron_variants.tracking_step);
+# theta_neg code; most spikes per step; offsets of the running sums (dstate) and of the
+# spike counts (istate); where to write the layer's event list, its starts (-1: nowhere)
+# and its pixels (see list_events). TRACK_SLOTS: how many.
+(TRACK_THETA, TRACK_V0, TRACK_SLOPE, TRACK_UPPER, TRACK_CHANNELS, TRACK_INNER,
+ TRACK_THETA_NEG, TRACK_MAX_SPIKES, TRACK_RUNNING, TRACK_MEMORY, TRACK_LIST_EVENTS,
+ TRACK_LIST_STARTS, TRACK_LIST_PIXELS, TRACK_SLOTS) = range(14)
 
 BLOCK = 32  # output channels kept in registers at once (four 8-lane vectors)
 
@@ -418,10 +436,77 @@ def conv_grouped(x, channels, height, width, weight, bias, out_channels, kh, kw,
     return targets * per_group
 
 
+@njit(cache=True)
+def is_depthwise(channels, out_channels, group):
+    """Whether a conv is depthwise (one input and one output channel per group): it then
+    runs :func:`conv_depthwise`, with its own weight layout."""
+    return group > 1 and group == channels and group == out_channels
+
+
+@njit(cache=True)
+def conv_depthwise(x, channels, height, width, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw,
+                   out_h, out_w, starts, cells, out):
+    """Depthwise 2-D convolution of one channels-last sample, 8 channels at a time.
+
+    Every output pixel adds, for each kernel tap in (kh, kw) order, the tap's input pixel
+    times the tap's weights, channel by channel in 8-lane registers, then the bias. A tap
+    whose input pixel is all zeros is skipped; the zero entries of the other pixels are
+    added (their products are zeros, which change no sum). So every output has the bits of
+    :func:`conv_grouped`, which adds each nonzero input in the same order.
+
+    Args:
+        x: (H*W*C,) the channels-last input.
+        weight: (KH*KW*C,) the ONNX weight (C, 1, KH, KW) as [kh, kw, c]
+            (see :func:`snncompiler.runtime.fused.conv_weight_layout`).
+        bias: (C,).
+        starts: uint64 scratch of H*W + 1; cells: int64 scratch of 2*KH*KW.
+        out: (Ho*Wo*C,) output.
+
+    Returns:
+        The additions an event-driven layer does: every nonzero input times the outputs it
+        reaches (what :func:`conv_grouped` returns).
+    """
+    count_by_pixel(x, height * width, channels, starts)
+    vector_channels = channels - channels % LANES
+    additions = 0
+    for oh in range(out_h):
+        for ow in range(out_w):
+            taps = 0
+            for a in range(kh):
+                ih = oh * sh - ph + a * dh
+                if ih < 0 or ih >= height:
+                    continue
+                for b in range(kw):
+                    iw = ow * sw - pw + b * dw
+                    if iw < 0 or iw >= width:
+                        continue
+                    pixel = ih * width + iw
+                    nonzero = np.int64(starts[pixel + 1] - starts[pixel])
+                    if nonzero > 0:
+                        cells[2 * taps] = pixel * channels
+                        cells[2 * taps + 1] = (a * kw + b) * channels
+                        additions += nonzero
+                        taps += 1
+            base = (oh * out_w + ow) * channels
+            for c in range(0, vector_channels, LANES):
+                acc = zeros8()
+                for k in range(taps):
+                    acc = add_vectors8(acc, mul8(load8(x, cells[2 * k] + c), weight,
+                                                 cells[2 * k + 1] + c))
+                store8(out, base + c, add8(acc, bias, c))
+            for c in range(vector_channels, channels):
+                total = np.float32(0.0)
+                for k in range(taps):
+                    total += x[cells[2 * k] + c] * weight[cells[2 * k + 1] + c]
+                out[base + c] = total + bias[c]
+    return additions
+
+
 @njit(cache=True, parallel=True)
 def conv_batch(x, channels, height, width, weight, bias, out_channels, kh, kw, sh, sw, ph, pw,
                dh, dw, group, out_h, out_w, dense_from, blocks, out):
-    """:func:`conv_events` (or :func:`conv_grouped`) on every sample of a batch.
+    """:func:`conv_events` (or :func:`conv_depthwise`, :func:`conv_grouped`) on every sample
+    of a batch.
 
     ``x`` is (B, H*W*C) and ``out`` (B, Ho*Wo*O), channels-last. Samples are split into
     ``blocks`` contiguous blocks, each with its own scratch (allocated once per call), so
@@ -434,7 +519,7 @@ def conv_batch(x, channels, height, width, weight, bias, out_channels, kh, kw, s
         events = np.empty(channels * height * width, dtype=np.uint32)
         starts = np.empty(height * width + 1, dtype=np.uint64)
         runs_at = np.empty(2 * kh * kw, dtype=np.uint64)
-        taps = np.empty(kh * kw, dtype=np.int64)
+        taps = np.empty(2 * kh * kw, dtype=np.int64)
         acc = np.empty(out_h * out_w * out_channels if group > 1 else 1, dtype=np.float32)
         for n in range(block * batch // blocks, (block + 1) * batch // blocks):
             if group == 1:
@@ -442,6 +527,10 @@ def conv_batch(x, channels, height, width, weight, bias, out_channels, kh, kw, s
                                            out_channels, kh, kw, sh, sw, ph, pw, dh, dw, out_h,
                                            out_w, events, starts, runs_at, taps, every,
                                            dense_from, out[n])
+            elif is_depthwise(channels, out_channels, group):
+                additions[n] = conv_depthwise(x[n], channels, height, width, weight, bias, kh,
+                                              kw, sh, sw, ph, pw, dh, dw, out_h, out_w, starts,
+                                              taps, out[n])
             else:
                 additions[n] = conv_grouped(x[n], channels, height, width, weight, bias,
                                             out_channels, kh, kw, sh, sw, ph, pw, dh, dw, group,
@@ -717,8 +806,34 @@ def _source(space, offset, size, arena, static_row):
 
 
 @njit(cache=True)
-def _execute(op, arena, static_row, params, index, every, fstate, istate, dstate, acc,
-             events, starts, runs_at, taps, best, listed_events, listed_starts, param_row,
+def _track(op, arena, static_row, dparams, istate, dstate, listed_events, listed_starts,
+           param_row, elapsed):
+    """The TRACK row: tracking neurons (snm_clip, snm_leaky); returns the spikes sent."""
+    # In a function of its own: written inside _execute, the neuron loop was no longer
+    # vectorised (about 20 ns a neuron instead of 1 on EfficientNet's layers).
+    size = op[SIZE]
+    out = arena[op[OUT]:op[OUT] + size]
+    p = op[P:]
+    z = _source(op[IN0_SPACE], op[IN0], size, arena, static_row)
+    channels = p[TRACK_CHANNELS]
+    row = param_row * channels
+    spikes = tracking_step(
+        z, dparams[p[TRACK_THETA] + row:p[TRACK_THETA] + row + channels],
+        dparams[p[TRACK_V0] + row:p[TRACK_V0] + row + channels],
+        dparams[p[TRACK_SLOPE]:p[TRACK_SLOPE] + channels], dparams[p[TRACK_UPPER]],
+        elapsed, p[TRACK_THETA_NEG], p[TRACK_MAX_SPIKES], p[TRACK_INNER],
+        dstate[p[TRACK_RUNNING]:p[TRACK_RUNNING] + size],
+        istate[p[TRACK_MEMORY]:p[TRACK_MEMORY] + size], out)
+    if p[TRACK_LIST_EVENTS] >= 0:
+        pixels = p[TRACK_LIST_PIXELS]
+        list_events(out, pixels, size // pixels, listed_events[p[TRACK_LIST_EVENTS]:],
+                    listed_starts[p[TRACK_LIST_STARTS]:])
+    return spikes
+
+
+@njit(cache=True)
+def _execute(op, arena, static_row, params, dparams, index, every, fstate, istate, dstate,
+             acc, events, starts, runs_at, taps, best, listed_events, listed_starts, param_row,
              elapsed, readout_row, record_row):
     """Runs one op row for one sample and step; returns its additions or spikes (or 0)."""
     code = op[OPCODE]
@@ -747,6 +862,10 @@ def _execute(op, arena, static_row, params, index, every, fstate, istate, dstate
             return conv_listed(x, events, starts, channels, height, width, weight, bias,
                                out_channels, p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
                                p[13], p[14], runs_at, taps, out)
+        if is_depthwise(channels, out_channels, p[12]):
+            return conv_depthwise(x, channels, height, width, weight, bias, p[4], p[5], p[6],
+                                  p[7], p[8], p[9], p[10], p[11], p[13], p[14], starts, taps,
+                                  out)
         return conv_grouped(x, channels, height, width, weight, bias, out_channels, p[4],
                             p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14],
                             acc, out)
@@ -778,6 +897,9 @@ def _execute(op, arena, static_row, params, index, every, fstate, istate, dstate
             if p[2] == 1:  # one spike per nonzero output
                 return count
         return spikes
+    if code == TRACK:
+        return _track(op, arena, static_row, dparams, istate, dstate, listed_events,
+                      listed_starts, param_row, elapsed)
     if code == MAXPOOL:
         # p: C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, Ho, Wo, running, pooled
         channels, height, width = p[0], p[1], p[2]
@@ -845,9 +967,9 @@ def _execute(op, arena, static_row, params, index, every, fstate, istate, dstate
 
 
 @njit(cache=True, parallel=True)
-def run_steps(ops, params, index, every, static, fstate, istate, dstate, param_row, t0,
-              readout, record, arena, acc, events, starts, runs_at, taps, best, listed_events,
-              listed_starts, counts):
+def run_steps(ops, params, dparams, index, every, static, fstate, istate, dstate, param_row,
+              t0, readout, record, arena, acc, events, starts, runs_at, taps, best,
+              listed_events, listed_starts, counts):
     """Runs every op of ``ops`` for ``readout.shape[0]`` steps on every sample.
 
     Samples are split into ``arena.shape[0]`` contiguous blocks; each block owns its scratch
@@ -855,6 +977,7 @@ def run_steps(ops, params, index, every, static, fstate, istate, dstate, param_r
     not depend on how many threads run them.
 
     Args:
+        params: float32 and dparams: float64 parameters; index: int64 index maps.
         every: uint32 0, 1, 2, ...: the event list of a dense input (see conv_events).
         static: (N, S) static rows; fstate, istate, dstate: (N, ...) state rows.
         param_row: Which calibrated row of the neuron parameters to use.
@@ -862,11 +985,12 @@ def run_steps(ops, params, index, every, static, fstate, istate, dstate, param_r
         readout: (Tc, N, R) receives the readout of every graph output after every step.
         record: (Tc, N, Q) receives the ops' outputs when ``ops`` holds RECORD rows.
         arena, acc, events, starts, runs_at, taps, best: (blocks, ...) scratch.
-        listed_events, listed_starts: (blocks, ...) the event lists that SNM layers write
+        listed_events, listed_starts: (blocks, ...) the event lists that neuron layers write
             for the convs and gemms that read their spikes (each list at its own offsets;
             see :func:`list_events`).
         counts: (N, n_ops) int64; each op adds what it counts: additions done by ``conv``
-            and ``gemm``, spikes sent by ``snm``.
+            and ``gemm``, spikes sent by the neuron layers (``snm``, ``snm_clip``,
+            ``snm_leaky``).
     """
     steps, batch = readout.shape[0], readout.shape[1]
     blocks = arena.shape[0]
@@ -878,7 +1002,8 @@ def run_steps(ops, params, index, every, static, fstate, istate, dstate, param_r
                 elapsed = np.float64(t0 + t + 1)
                 for k in range(ops.shape[0]):
                     counts[n, k] += _execute(
-                        ops[k], arena[block], static[n], params, index, every, fstate[n],
-                        istate[n], dstate[n], acc[block], events[block], starts[block],
-                        runs_at[block], taps[block], best[block], listed_events[block],
-                        listed_starts[block], param_row, elapsed, readout[t, n], record[t, n])
+                        ops[k], arena[block], static[n], params, dparams, index, every,
+                        fstate[n], istate[n], dstate[n], acc[block], events[block],
+                        starts[block], runs_at[block], taps[block], best[block],
+                        listed_events[block], listed_starts[block], param_row, elapsed,
+                        readout[t, n], record[t, n])

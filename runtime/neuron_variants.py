@@ -37,6 +37,8 @@ negative spikes and has no ``"off"``. ``S`` is kept in float64 so that the bound
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -79,6 +81,125 @@ def tracking_step_reference(z, running, memory, t, theta, v0, slope, upper, thet
     return count * theta, running, memory + count
 
 
+def tracking_parameters(node) -> tuple[np.ndarray, float]:
+    """``(slope, upper)`` of the ``f_t`` a ``snm_clip`` or ``snm_leaky`` node tracks: slope
+    (C,) float64 per channel, ``upper`` the bound per step (``inf`` for the leaky neuron).
+    Both executors read the node's parameters through this function."""
+    channels = node.shape[0] if node.shape else 1
+    if node.op == "snm_clip":
+        return np.zeros(channels), float(node.attrs["upper"])
+    if node.op == "snm_leaky":
+        return node.arrays["slope"].astype(np.float64), math.inf
+    raise ValueError(f"node {node.name!r}: op {node.op!r} is not a tracking neuron "
+                     "(snm_clip, snm_leaky)")
+
+
+@njit(cache=True, inline="always")
+def _spikes(running, memory, theta, v0, slope, bound, theta_neg_code, max_spikes):
+    """The signed number of spikes one tracking neuron sends after its running input became
+    ``running`` (float64), having sent ``memory`` in net; ``bound`` is ``upper * t``.
+    The firing rule of the module docstring, for :func:`tracking_scan` and the bursts of
+    :func:`tracking_step` (``_one_spike`` does the same operations for one spike)."""
+    value = running if running >= 0.0 else slope * running
+    value = min(value, bound)
+    v = v0 + value - theta * memory
+    sent = 0
+    while sent < max_spikes and v >= theta:
+        v -= theta
+        sent += 1
+    if sent == 0 and theta_neg_code != 2:
+        neg = 0.0 if theta_neg_code == 0 else -theta
+        while sent > -max_spikes and v < neg:
+            v += theta
+            sent -= 1
+    return sent
+
+
+@njit(cache=True)
+def tracking_step(z, theta, v0, slope, upper, elapsed, theta_neg_code, max_spikes, inner,
+                  running, memory, out):
+    """One step of a layer of tracking neurons for one sample (the fused executor's kernel).
+
+    Args:
+        z: Input current, flat (a sample in storage order).
+        theta, v0, slope: (C,) float64 per-channel parameters.
+        upper: The bound of ``f`` (``inf`` for the leaky neuron); elapsed: this step's
+            number t (1-based), float64.
+        theta_neg_code: 0 zero, 1 minus_theta, 2 off; max_spikes: most spikes per step.
+        inner: Neurons of one channel stored one after the other: neuron i is in channel
+            ``(i // inner) % C`` (1 for channels-last tensors).
+        running: float64, memory: int32, like ``z``: running input sums and net spike
+            counts, updated in place.
+        out: Receives the weighted spikes.
+
+    Returns:
+        The number of spikes sent (a burst of k counts k).
+    """
+    channels = theta.size
+    bound = upper * elapsed
+    if max_spikes == 1:
+        _track_one_spike(z, theta, v0, slope, bound, theta_neg_code, inner, running, memory,
+                         out)
+        spikes = 0
+        # In a loop of its own: a reduction would keep the neuron loop from vectorising.
+        for i in range(out.size):
+            spikes += out[i] != 0
+        return spikes
+    spikes = 0
+    i = 0
+    for _ in range(z.size // (channels * inner)):
+        for c in range(channels):
+            th = theta[c]
+            for _ in range(inner):
+                a = running[i] + z[i]
+                sent = _spikes(a, memory[i], th, v0[c], slope[c], bound, theta_neg_code,
+                               max_spikes)
+                running[i] = a
+                memory[i] += sent
+                out[i] = sent * th
+                spikes += abs(sent)
+                i += 1
+    return spikes
+
+
+@njit(cache=True, inline="always")
+def _one_spike(i, z, theta, v0, slope, bound, allow_negative, neg_scale, running, memory,
+               out):
+    # _spikes for one spike at most, as selects (no branch, so that the loops around it
+    # vectorise); the spike is a float, as numba widens int32 arithmetic to int64.
+    a = running[i] + z[i]
+    value = a if a >= 0.0 else slope * a
+    value = min(value, bound)
+    v = v0 + value - theta * memory[i]
+    sent = 1.0 if v >= theta else (
+        -1.0 if allow_negative and v < theta * neg_scale else 0.0)
+    running[i] = a
+    memory[i] += np.int32(sent)
+    out[i] = sent * theta
+
+
+@njit(cache=True)
+def _track_one_spike(z, theta, v0, slope, bound, theta_neg_code, inner, running, memory, out):
+    """:func:`tracking_step` for neurons that send at most one spike a step."""
+    channels = theta.size
+    allow_negative = theta_neg_code != 2
+    neg_scale = 0.0 if theta_neg_code == 0 else -1.0
+    groups = z.size // (channels * inner)
+    if inner == 1:  # channels-last: the loop over the channels is the inner one
+        for g in range(groups):
+            base = g * channels
+            for c in range(channels):
+                _one_spike(base + c, z, theta[c], v0[c], slope[c], bound, allow_negative,
+                           neg_scale, running, memory, out)
+        return
+    for g in range(groups):
+        for c in range(channels):
+            base = (g * channels + c) * inner
+            for j in range(inner):
+                _one_spike(base + j, z, theta[c], v0[c], slope[c], bound, allow_negative,
+                           neg_scale, running, memory, out)
+
+
 @njit(cache=True, parallel=True)
 def tracking_scan(current, static_input, theta, v0, slope, upper, theta_neg_code, max_spikes,
                   t0, running, memory, out):
@@ -102,23 +223,13 @@ def tracking_scan(current, static_input, theta, v0, slope, upper, theta_neg_code
     for n in prange(batch):
         for c in range(channels):
             th = theta[c]
-            neg = 0.0 if theta_neg_code == 0 else -th
             for s in range(size):
                 a = running[n, c, s]
                 m = memory[n, c, s]
                 for t in range(steps):
                     a += current[0 if static_input else t, n, c, s]
-                    value = a if a >= 0.0 else slope[c] * a
-                    value = min(value, upper[c] * (t0 + t + 1))
-                    v = v0[c] + value - th * m
-                    sent = 0
-                    while sent < max_spikes and v >= th:
-                        v -= th
-                        sent += 1
-                    if sent == 0 and theta_neg_code != 2:
-                        while sent > -max_spikes and v < neg:
-                            v += th
-                            sent -= 1
+                    sent = _spikes(a, m, th, v0[c], slope[c], upper[c] * np.float64(t0 + t + 1),
+                                   theta_neg_code, max_spikes)
                     m += sent
                     out[t, n, c, s] = sent * th
                 running[n, c, s] = a
@@ -128,11 +239,13 @@ def tracking_scan(current, static_input, theta, v0, slope, upper, theta_neg_code
 # --------------------------------------------------------------------------- executors
 
 
-def _run_tracking(node, inputs, state, engine, slope, upper):
+def run_tracking(node, inputs, state, engine):
+    """The node executor of ``snm_clip`` and ``snm_leaky`` (see :func:`tracking_parameters`)."""
     x = inputs[0]
     row = engine.parameter_row
     theta = node.arrays["theta"][row].astype(np.float64)
     v0 = node.arrays["v0"][row].astype(np.float64)
+    slope, upper = tracking_parameters(node)
     current, steps = neuron_current(x, engine.chunk_steps, node.shape)
     _, batch, channels, _ = current.shape
     if "running" not in state:
@@ -140,7 +253,7 @@ def _run_tracking(node, inputs, state, engine, slope, upper):
         state["memory"] = np.zeros((batch, channels, current.shape[3]), dtype=np.int32)
         state["steps"] = 0
     out = np.empty((steps, batch, channels, current.shape[3]), dtype=np.float32)
-    tracking_scan(current, not x.dynamic, theta, v0, slope, upper,
+    tracking_scan(current, not x.dynamic, theta, v0, slope, np.full(channels, upper),
                   THETA_NEG_CODES[node.attrs["theta_neg"]], node.attrs["max_spikes_per_step"],
                   state["steps"], state["running"], state["memory"], out)
     state["steps"] += steps
@@ -148,16 +261,3 @@ def _run_tracking(node, inputs, state, engine, slope, upper):
     state["count"] = state.get("count", 0) + spikes_sent(out, theta,
                                                          node.attrs["max_spikes_per_step"])
     return type(x)(out.reshape(steps, batch, *node.shape), True)
-
-
-def run_snm_clip(node, inputs, state, engine):
-    """``snm_clip``: tracks ``clip(A, 0, upper * t)``."""
-    channels = node.shape[0] if node.shape else 1
-    return _run_tracking(node, inputs, state, engine, np.zeros(channels),
-                         np.full(channels, float(node.attrs["upper"])))
-
-
-def run_snm_leaky(node, inputs, state, engine):
-    """``snm_leaky``: tracks ``max(A, 0) + slope * min(A, 0)``, slope per channel."""
-    slope = node.arrays["slope"].astype(np.float64)
-    return _run_tracking(node, inputs, state, engine, slope, np.full(slope.shape, np.inf))

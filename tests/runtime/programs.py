@@ -93,3 +93,82 @@ def two_layers_into_one_conv(seed: int = 0) -> Program:
         *_pool_and_classify(rng, "s3", 2, 3),
     ]
     return Program([TensorSpec("x", (2, 5, 5))], [TensorSpec("y", (3,))], nodes, [16], 16)
+
+
+def _tracking_layer(rng, op: str, src: str, dst: str, shape: tuple, rows: int,
+                    theta_neg: str, max_spikes: int, upper: float = 1.5) -> Node:
+    """A ``snm_clip`` or ``snm_leaky`` layer with random per-channel theta, v0 and slope."""
+    channels = shape[0]
+    theta = rng.uniform(0.3, 0.9, size=(rows, channels)).astype(np.float32)
+    v0 = (theta * rng.uniform(0, 0.9, size=(rows, channels))).astype(np.float32)
+    attrs = {"theta_neg": theta_neg, "max_spikes_per_step": max_spikes}
+    arrays = {"theta": theta, "v0": v0}
+    if op == "snm_clip":
+        attrs["upper"] = upper
+    else:
+        arrays["slope"] = rng.uniform(-0.3, 0.4, channels).astype(np.float32)
+    return Node(dst.replace("s", "n"), op, (src,), dst, attrs, arrays, shape)
+
+
+def mobile_block(seed: int = 0, theta_neg: str = "zero", max_spikes: int = 1,
+                 timesteps=(16,)) -> Program:
+    """An EfficientNet-like block of tracking neurons:
+
+    x (3, 8, 8) -> conv 3x3 (8) -> snm_clip n1 -> depthwise conv 3x3 stride 2 -> snm_clip n2
+    -> conv 1x1 (6) -> snm_leaky n3 [output "s3"] -> reshape (6, 16) -> snm_clip n4
+    [output "s4"]; n1 -> maxpool 2x2 [output "pooled"]; s3 -> global avg pool -> gemm
+    [output "y"].
+
+    The convs run the same kernels in both executors, so every neuron layer sees the same
+    input bits; only the gemm adds in another order (BLAS in the node executor).
+    ``theta_neg`` "off" gives the leaky layer "zero" (it has no "off").
+    """
+    rng = np.random.default_rng(seed)
+    rows = len(timesteps)
+    leaky_neg = "zero" if theta_neg == "off" else theta_neg
+
+    def track(op, src, dst, shape, neg=theta_neg, upper=1.5):
+        return _tracking_layer(rng, op, src, dst, shape, rows, neg, max_spikes, upper)
+
+    geometry = {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1}
+    nodes = [
+        Node("stem", "conv", ("x",), "a1", geometry,
+             {"weight": rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32),
+              "bias": rng.normal(0.2, 0.2, 8).astype(np.float32)}, (8, 8, 8)),
+        track("snm_clip", "a1", "s1", (8, 8, 8), upper=6.0),
+        Node("dw", "conv", ("s1",), "a2", {**geometry, "strides": [2, 2], "group": 8},
+             {"weight": rng.normal(0, 0.6, (8, 1, 3, 3)).astype(np.float32),
+              "bias": rng.normal(0, 0.1, 8).astype(np.float32)}, (8, 4, 4)),
+        track("snm_clip", "a2", "s2", (8, 4, 4), upper=0.7),
+        Node("pw", "conv", ("s2",), "a3", {**geometry, "pads": [0, 0, 0, 0]},
+             {"weight": rng.normal(0, 0.6, (6, 8, 1, 1)).astype(np.float32),
+              "bias": rng.normal(0, 0.2, 6).astype(np.float32)}, (6, 4, 4)),
+        track("snm_leaky", "a3", "s3", (6, 4, 4), neg=leaky_neg),
+        Node("rows", "reshape", ("s3",), "r", {"shape": [6, 16]}, {}, (6, 16)),
+        track("snm_clip", "r", "s4", (6, 16), upper=0.5),
+        Node("pool", "maxpool", ("s1",), "pooled",
+             {"kernel": [2, 2], "strides": [2, 2], "pads": [0, 0, 0, 0], "ceil_mode": 0,
+              "dilations": [1, 1]}, {}, (8, 4, 4)),
+        *_pool_and_classify(rng, "s3", 6, 5),
+    ]
+    return Program([TensorSpec("x", (3, 8, 8))],
+                   [TensorSpec("y", (5,)), TensorSpec("s3", (6, 4, 4)),
+                    TensorSpec("s4", (6, 16)), TensorSpec("pooled", (8, 4, 4))],
+                   nodes, list(timesteps), timesteps[0])
+
+
+def dense_tracking(seed: int = 0, max_spikes: int = 1) -> Program:
+    """x (10,) -> gemm (12) -> snm_leaky n1 [output "s1"] -> gemm (4) [output "y"]: a
+    rank-1 tracking layer fed by the static segment whose spikes a gemm reads."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        Node("fc1", "gemm", ("x",), "h", {},
+             {"weight": rng.normal(0, 0.5, (10, 12)).astype(np.float32),
+              "bias": rng.normal(0, 0.2, 12).astype(np.float32)}, (12,)),
+        _tracking_layer(rng, "snm_leaky", "h", "s1", (12,), 2, "minus_theta", max_spikes),
+        Node("fc2", "gemm", ("s1",), "y", {},
+             {"weight": rng.normal(0, 0.5, (12, 4)).astype(np.float32),
+              "bias": np.zeros(4, np.float32)}, (4,)),
+    ]
+    return Program([TensorSpec("x", (10,))], [TensorSpec("y", (4,)), TensorSpec("s1", (12,))],
+                   nodes, [8, 32], 32)

@@ -40,7 +40,8 @@ def conv_scratch(channels, height, width, kh, kw):
 
 
 def run_conv(x, weight, bias, strides, pads, dilations, group, out_hw, dense_from=None):
-    """One sample (C, H, W) through the fused conv kernel (events, or grouped scatter).
+    """One sample (C, H, W) through the fused conv kernel (events, depthwise, or grouped
+    scatter).
 
     ``dense_from``: nonzero entries from which the kernel runs dense (default: never).
     """
@@ -54,6 +55,10 @@ def run_conv(x, weight, bias, strides, pads, dilations, group, out_hw, dense_fro
         additions = K.conv_events(*args, *out_hw, *conv_scratch(channels, height, width, kh,
                                                                   kw), every,
                                   x.size + 1 if dense_from is None else dense_from, out)
+    elif K.is_depthwise(channels, out_channels, group):
+        scratch = conv_scratch(channels, height, width, kh, kw)
+        additions = K.conv_depthwise(*args[:6], *args[7:], *out_hw, scratch[1],
+                                     np.zeros(2 * kh * kw, np.int64), out)
     else:
         acc = np.zeros(out.size, np.float32)
         additions = K.conv_grouped(*args, group, *out_hw, acc, out)
@@ -70,6 +75,7 @@ CONV_CASES = [
     (4, 6, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, (6, 5)),      # 1x1 projection
     (4, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, (5, 5)),      # groups: scatter kernel
     (6, 6, (3, 3), (2, 1), (1, 1, 1, 1), (1, 2), 6, (7, 6)),      # depthwise
+    (19, 19, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 19, (9, 8)),   # depthwise, 19 = 2 * 8 + 3
 ]
 
 
@@ -142,6 +148,30 @@ def test_event_conv_equals_the_scatter_kernel_up_to_pairing():
     K.conv_grouped(to_storage(x, x.shape), 8, 9, 9, grouped_weight_layout(weight, 1), bias,
                    16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 9, 9, acc, out)
     np.testing.assert_allclose(events, from_storage(out, (16, 9, 9)), **TOLERANCE)
+
+
+@pytest.mark.parametrize("case", [case for case in CONV_CASES if case[6] == case[0] > 1])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 1.0])
+def test_depthwise_kernel_gives_the_bits_of_the_scatter_kernel(case, density):
+    """conv_depthwise adds every tap's pixel, zeros included, in the order conv_grouped adds
+    the nonzero inputs: the same bits and the same count of event-driven additions."""
+    channels, _, kernel, strides, pads, dilations, _, size = case
+    rng = np.random.default_rng(11)
+    weight = rng.normal(0, 0.5, (channels, 1, *kernel)).astype(np.float32)
+    bias = rng.normal(0, 0.1, channels).astype(np.float32)
+    x = spikes(rng, (channels, *size), density)
+    x[:, 0] = 0  # whole pixels of zeros, which the depthwise kernel skips
+    out_hw = (out_size(size[0], kernel[0], strides[0], pads[0], pads[2], dilations[0]),
+              out_size(size[1], kernel[1], strides[1], pads[1], pads[3], dilations[1]))
+    depthwise, additions = run_conv(x, weight, bias, strides, pads, dilations, channels,
+                                    out_hw)
+    out = np.zeros(channels * out_hw[0] * out_hw[1], np.float32)
+    scattered = K.conv_grouped(to_storage(x, x.shape), channels, *size,
+                               grouped_weight_layout(weight, channels), bias, channels,
+                               *kernel, *strides, pads[0], pads[1], *dilations, channels,
+                               *out_hw, np.zeros(out.size, np.float32), out)
+    np.testing.assert_array_equal(depthwise, from_storage(out, (channels, *out_hw)))
+    assert additions == scattered
 
 
 def test_event_conv_result_does_not_depend_on_zeros():
