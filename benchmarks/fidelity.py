@@ -49,22 +49,36 @@ GRID = (1, 2, 4, 8, 16, 32, 64, 128)
 PERCENTILE_GRID = (90.0, 95.0, 97.0, 98.0, 99.0, 99.5, 99.7, 99.9, 99.95, 99.99, 100.0)
 NARROW_GRID = (99.0, 99.5, 99.9, 99.95, 99.99, 100.0)
 
+_SINGLE = dict(max_spikes_per_step=1, resolution=1)  # the paper's neuron: one spike a step
 # name -> (label, CompileConfig options). Every option that the ablation is about is spelled
 # out, so the numbers do not move when the compiler's defaults do.
 _DNI = dict(theta_neg="zero", initial_potential="dni", threshold_search=True,
-            threshold_percentiles=PERCENTILE_GRID, granularity="channel", max_spikes_per_step=1)
+            threshold_percentiles=PERCENTILE_GRID, granularity="channel", **_SINGLE)
+# Bursts where a target T is below 16 levels (up to 4 spikes per step), thresholds chosen
+# for them.
+_BURSTS = dict(_DNI, max_spikes_per_step=4, resolution=16)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "if": ("IF neuron, 99.9% thresholds, v0 = 0 (classic baseline)",
-           dict(theta_neg="off", initial_potential="zero", threshold_search=False,
+           dict(_SINGLE, theta_neg="off", initial_potential="zero", threshold_search=False,
                 threshold_percentiles=(99.9,), second_stage=False)),
     "snm": ("SNM alone: max thresholds, v0 = 0, theta_neg = -theta (authors' code)",
-            dict(theta_neg="minus_theta", initial_potential="zero", threshold_search=False,
-                 threshold_percentiles=(100.0,), second_stage=False)),
+            dict(_SINGLE, theta_neg="minus_theta", initial_potential="zero",
+                 threshold_search=False, threshold_percentiles=(100.0,), second_stage=False)),
     "snm_half": ("SNM, max thresholds, v0 = theta/2, theta_neg = -theta",
-                 dict(theta_neg="minus_theta", initial_potential="half", threshold_search=False,
-                      threshold_percentiles=(100.0,), second_stage=False)),
+                 dict(_SINGLE, theta_neg="minus_theta", initial_potential="half",
+                      threshold_search=False, threshold_percentiles=(100.0,),
+                      second_stage=False)),
     "dni": ("SNM with DNI (theta_neg = 0)", dict(**_DNI, second_stage=False)),
     "dni_ss": ("SNM with DNI + second stage", dict(**_DNI, second_stage=True)),
+}
+# Low T: graded spikes and the checked second stage (the compiler's defaults since they
+# were measured here), against single spikes.
+LOW_T: dict[str, tuple[str, dict]] = {
+    "bursts": ("DNI, bursts for 16 levels", dict(_BURSTS, second_stage=False)),
+    "bursts_ss": ("DNI, bursts for 16 levels + second stage (default)",
+                  dict(_BURSTS, second_stage=True)),
+    "bursts8_ss": ("DNI, bursts for 8 levels + second stage",
+                   dict(_BURSTS, resolution=8, second_stage=True)),
 }
 # The neuron ablation: one change at a time from "dni_narrow" (DNI with the threshold grid
 # the compiler had before this benchmark), as measured for docs/results/fidelity.md.
@@ -80,7 +94,7 @@ ABLATION: dict[str, tuple[str, dict]] = {
     "dni_ss_spiking_readout": ("DNI + second stage, spiking readout (ON/OFF SNM pair per logit)",
                                dict(_DNI, second_stage=True, spiking_readout=True)),
 }
-ALL_VARIANTS = {**VARIANTS, **ABLATION}
+ALL_VARIANTS = {**VARIANTS, **LOW_T, **ABLATION}
 
 
 # ----------------------------------------------------------------------------- data
@@ -169,7 +183,7 @@ def run_model(name: str, spec: dict, data, variants: list[str], grid: tuple[int,
         entry = {"label": label, "options": {k: list(v) if isinstance(v, tuple) else v
                                              for k, v in options.items()},
                  "accuracy": result.snn_accuracy, "compile_seconds": compiled,
-                 "agreement": result.agreement,
+                 "agreement": result.agreement, "synaptic_ops": result.synaptic_ops,
                  "eval_seconds": time.perf_counter() - start - compiled}
         out["variants"][variant] = entry
         print(f"  {variant:16s} " + " ".join(f"{100 * a:6.2f}" for a in result.snn_accuracy)

@@ -33,6 +33,15 @@ for ``clip(a, 0, hi)``, so the same ``q``, applied to the Clip's output, is its 
 :func:`stats_tensor`). Leaky neurons are left alone: their target would need the sign of
 ``f(x)``, and their own constant-input output, which differs with ``theta_neg``.
 
+Checked on held-out images. A correction estimated on some images can be wrong for
+others, and the sweeps correct every layer at once from one run, so a deep network can be
+over-corrected: a layer is shifted for a bias that the shifts of the layers before it
+already remove. The images are therefore split: the first half (rounded up) estimates the
+shifts, the second half checks them. A channel keeps its shift only where it brings that
+channel's mean nearer its target on the held-out images, and the whole row (one target T)
+is reverted if the network's readout ends up further from the ANN's outputs there
+(relative squared error) than without any shift. Each T's outcome goes to the report.
+
 Range. ``v0`` is clipped to ``[V0_MIN, V0_MAX] * theta``. Outside ``[0, theta)`` the
 neuron still computes ``floor((v0 + sum z) / theta)``: with signed spikes an early spike
 that the input does not justify is taken back. A plain IF neuron (``theta_neg="off"``)
@@ -50,6 +59,7 @@ import onnx_graphsurgeon as gs
 
 from snncompiler.context import CompileContext
 from snncompiler.errors import CalibrationError
+from snncompiler.frontend import ort_session
 from snncompiler.runtime.engine import SpikingNetwork
 from snncompiler.runtime.graph import Program
 
@@ -105,9 +115,11 @@ def record_second_stage_stats(graph: gs.Graph, ctx: CompileContext) -> int:
 
     Runs only with ``ctx.config.second_stage``. Uses the first
     ``ctx.config.second_stage_samples`` calibration images, the ones that
-    :func:`balance_potentials` simulates, and stores their per-channel histograms in
-    ``ctx.second_stage_stats`` (keyed by tensor name, like ``ctx.neuron_params``; see
-    :func:`stats_tensor`), from which :func:`target_means` comes.
+    :func:`balance_potentials` simulates (:func:`second_stage_images`), and stores their
+    per-channel histograms in ``ctx.second_stage_stats`` for the images that estimate the
+    shifts and ``ctx.second_stage_check_stats`` for the held-out ones (keyed by tensor name,
+    like ``ctx.neuron_params``; see :func:`stats_tensor`), from which :func:`target_means`
+    comes, and the ANN's output on the held-out images in ``ctx.second_stage_reference``.
 
     Preconditions: the graph is still an ANN that onnxruntime can run (before
     ``replace_relu``), and calibration data was given.
@@ -126,11 +138,34 @@ def record_second_stage_stats(graph: gs.Graph, ctx: CompileContext) -> int:
         return 0
     if ctx.calibration_batches is None:
         raise CalibrationError("the second stage needs calibration data: pass --calib FILE.npz")
-    samples = _sample_count(ctx)
-    ctx.second_stage_stats.update(collect_activation_stats(
-        gs.export_onnx(graph), names, _first_images(ctx.calibration_batches(), samples),
-        bins=ctx.config.histogram_bins, progress=ctx.config.progress, total=samples))
+    fit, check = second_stage_images(ctx, graph.inputs[0].name)
+    model = gs.export_onnx(graph)
+    for images, stats in ((fit, ctx.second_stage_stats), (check, ctx.second_stage_check_stats)):
+        if len(images):
+            stats.update(collect_activation_stats(
+                model, names, _batches(graph.inputs[0].name, images, ctx),
+                bins=ctx.config.histogram_bins, progress=ctx.config.progress,
+                total=len(images)))
+    if len(check) and len(graph.outputs) == 1:
+        session = ort_session(model)
+        ctx.second_stage_reference = np.concatenate([
+            session.run(None, feed)[0] for feed in _batches(graph.inputs[0].name, check, ctx)])
     return len(names)
+
+
+def second_stage_images(ctx: CompileContext, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``second_stage_samples`` calibration images of input ``name``, split into
+    the images that estimate the shifts (the first half, rounded up) and the held-out ones
+    that check them."""
+    images = np.concatenate([feed[name] for feed in _first_images(
+        ctx.calibration_batches(), _sample_count(ctx))])
+    fit = (len(images) + 1) // 2
+    return images[:fit], images[fit:]
+
+
+def _batches(name: str, images: np.ndarray, ctx: CompileContext):
+    size = ctx.config.calib_batch_size
+    return ({name: images[i:i + size]} for i in range(0, len(images), size))
 
 
 def balance_potentials(program: Program, ctx: CompileContext) -> int:
@@ -154,36 +189,89 @@ def balance_potentials(program: Program, ctx: CompileContext) -> int:
         return 0
     if len(program.inputs) != 1:
         raise CalibrationError("the second stage supports single-input models")
-    name = program.inputs[0].name
-    images = np.concatenate([feed[name] for feed in _first_images(
-        ctx.calibration_batches(), _sample_count(ctx))])
+    fit, check = second_stage_images(ctx, program.inputs[0].name)
+    names = [n.name for n in neurons]
     before = {n.name: n.arrays["v0"].copy() for n in neurons}
     for node in neurons:
         node.arrays["v0"] = np.array(node.arrays["v0"], dtype=np.float32)
+    outcomes = []
     for row, steps in enumerate(program.timesteps):
-        targets = {n.name: target_means(stats[stats_tensor(n)], n.arrays["theta"][row],
-                                        n.arrays["v0"][row], steps,
-                                        int(n.attrs["max_spikes_per_step"])) for n in neurons}
+        fit_targets = _row_targets(neurons, stats, row, steps)
+        check_targets = (_row_targets(neurons, ctx.second_stage_check_stats, row, steps)
+                         if len(check) else None)
+        start = {n.name: n.arrays["v0"][row].copy() for n in neurons}
+        if check_targets is not None:
+            means, readout = snn_channel_means(program, check, steps, names, readout=True)
+            start_error = _channel_errors(means, check_targets)
+            start_net = _network_error(readout, ctx.second_stage_reference)
         for _ in range(config.second_stage_sweeps):
-            means = snn_channel_means(program, images, steps, [n.name for n in neurons])
+            means = snn_channel_means(program, fit, steps, names)
             for node in neurons:
-                _shift(node, row, steps, targets[node.name] - means[node.name])
+                _shift(node, row, steps, fit_targets[node.name] - means[node.name])
+        if check_targets is None:
+            outcomes.append(f"T={steps}: not checked (fewer than 2 images)")
+            continue
+        means, readout = snn_channel_means(program, check, steps, names, readout=True)
+        errors = _channel_errors(means, check_targets)
+        kept, reverted = 0, False
+        for node in neurons:
+            worse = errors[node.name] >= start_error[node.name]
+            node.arrays["v0"][row][worse] = start[node.name][worse]
+            kept += int((node.arrays["v0"][row] != start[node.name]).sum())
+            reverted |= bool(worse.any())
+        if reverted:  # the readout of what is kept
+            _, readout = snn_channel_means(program, check, steps, names, readout=True)
+        net = _network_error(readout, ctx.second_stage_reference)
+        if net is not None and start_net is not None and net >= start_net:
+            for node in neurons:
+                node.arrays["v0"][row] = start[node.name]
+            outcomes.append(f"T={steps}: reverted (held-out output error {start_net:.4g} "
+                            f"would be {net:.4g})")
+            continue
+        total = sum(errors[n].size for n in names)
+        outcomes.append(f"T={steps}: kept {kept} of {total} channel shifts"
+                        + ("" if net is None else
+                           f", held-out output error {start_net:.4g} -> {net:.4g}"))
     changed = sum(int((before[n.name] != n.arrays["v0"]).sum()) for n in neurons)
     shift = np.concatenate([
         ((n.arrays["v0"] - before[n.name]) / n.arrays["theta"]).ravel() for n in neurons])
     ctx.report.append(
-        f"second stage: {len(neurons)} neuron layers, {len(images)} images, "
-        f"{config.second_stage_sweeps} sweeps per T; v0 moved by {np.abs(shift).mean():.3f} "
-        f"theta on average (largest {np.abs(shift).max():.3f})")
+        f"second stage: {len(neurons)} neuron layers, {len(fit)} images to fit and "
+        f"{len(check)} to check, {config.second_stage_sweeps} sweeps per T; v0 moved by "
+        f"{np.abs(shift).mean():.3f} theta on average (largest {np.abs(shift).max():.3f}); "
+        + "; ".join(outcomes))
+    ctx.second_stage_outcomes = outcomes
     return changed
 
 
+def _row_targets(neurons, stats: dict, row: int, steps: int) -> dict[str, np.ndarray]:
+    """:func:`target_means` of every neuron node for parameter row ``row`` (T = ``steps``)."""
+    return {n.name: target_means(stats[stats_tensor(n)], n.arrays["theta"][row],
+                                 n.arrays["v0"][row], steps, int(n.attrs["max_spikes_per_step"]))
+            for n in neurons}
+
+
+def _channel_errors(means: dict[str, np.ndarray], targets: dict[str, np.ndarray]):
+    return {name: np.abs(means[name] - targets[name]) for name in targets}
+
+
+def _network_error(readout: np.ndarray | None, reference: np.ndarray | None) -> float | None:
+    """``sum |readout - reference|^2 / sum |reference|^2``: the SNN's output after T steps
+    against the ANN's (None when either is missing)."""
+    if readout is None or reference is None:
+        return None
+    reference = reference.reshape(readout.shape).astype(np.float64)
+    return float(((readout - reference) ** 2).sum() / max((reference ** 2).sum(), 1e-30))
+
+
 def snn_channel_means(program: Program, images: np.ndarray, steps: int,
-                      names: list[str]) -> dict[str, np.ndarray]:
+                      names: list[str], *, readout: bool = False):
     """Mean output per step of each channel of the named neuron nodes, over ``steps`` steps.
 
     Runs the engine with the parameter row calibrated for ``steps`` on ``images`` (in
-    batches) and sums, through the observer, what every named node sends.
+    batches) and sums, through the observer, what every named node sends. With
+    ``readout``, also returns the network's readout after ``steps`` steps, (N, ...) float64
+    (None for a network with several outputs).
     """
     wanted = set(names)
     sums: dict[str, np.ndarray] = {}
@@ -199,9 +287,16 @@ def snn_channel_means(program: Program, images: np.ndarray, steps: int,
         counts[node.name] = counts.get(node.name, 0) + data.size // data.shape[2]
 
     net = SpikingNetwork(program)
+    last = []
     for first in range(0, len(images), _BATCH):
-        net.run(images[first:first + _BATCH], steps, parameters_for=steps, observer=observe)
-    return {name: sums[name] / counts[name] for name in names}
+        out = net.run(images[first:first + _BATCH], steps, parameters_for=steps,
+                      observer=observe)
+        if not isinstance(out, dict):
+            last.append(out[-1].astype(np.float64))
+    means = {name: sums[name] / counts[name] for name in names}
+    if not readout:
+        return means
+    return means, (np.concatenate(last) if last else None)
 
 
 def _shift(node, row: int, steps: int, error: np.ndarray) -> None:

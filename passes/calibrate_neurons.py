@@ -86,7 +86,7 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
             threshold_search=config.threshold_search,
             initial_potential=potential,
             granularity=config.granularity,
-            max_spikes_per_step=config.max_spikes_per_step,
+            levels_per_step=[config.levels_per_step(t) for t in config.timesteps],
         )
         ctx.activation_stats[name] = hist
         ctx.neuron_params[name] = params

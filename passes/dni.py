@@ -187,7 +187,7 @@ def choose_neuron_parameters(
     threshold_search: bool = True,
     initial_potential: str = "dni",
     granularity: str = "channel",
-    max_spikes_per_step: int = 1,
+    levels_per_step: int | Sequence[int] = 1,
     v0_grid: int = 32,
 ) -> NeuronParams:
     """Picks (theta, v0) per channel and per target T by the DNI objective.
@@ -202,7 +202,10 @@ def choose_neuron_parameters(
             ``v0 = theta / 2``, ``"zero"`` fixes ``v0 = 0``.
         granularity: ``"channel"`` (one pair per channel) or ``"layer"`` (one pair for the
             whole tensor, from :meth:`ChannelHistogram.layer`, broadcast to all channels).
-        max_spikes_per_step: k, the burst size of the neuron.
+        levels_per_step: k, the burst size that each target T's thresholds are chosen for
+            (one value for all, or one per entry of ``timesteps``): the candidates are the
+            percentiles divided by k, so that k spikes of a step reach the percentile, and
+            the objective is that of a neuron with bursts of up to k.
         v0_grid: G, the number of v0 values searched, ``g * theta / G`` for
             ``g = 0 .. G-1``; even, so that ``theta / 2`` is on the grid.
 
@@ -224,15 +227,17 @@ def choose_neuron_parameters(
         )
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    if max_spikes_per_step < 1:
-        raise ValueError(f"max_spikes_per_step must be at least 1, got {max_spikes_per_step}")
+    levels = ([int(levels_per_step)] * len(timesteps) if np.isscalar(levels_per_step)
+              else [int(k) for k in levels_per_step])
+    if len(levels) != len(timesteps) or min(levels) < 1:
+        raise ValueError(f"levels_per_step must be one positive integer per T, got "
+                         f"{levels_per_step} for T = {timesteps}")
     if v0_grid < 2 or v0_grid % 2:
         raise ValueError(f"v0_grid must be even and at least 2 (to hold theta/2), got {v0_grid}")
 
     percentiles = tuple(float(q) for q in percentiles)
     if not threshold_search:
         percentiles = percentiles[-1:]
-    k = max_spikes_per_step
     # The fixed choices are one-point grids: phi = 1/2 is g = 1 of G = 2, phi = 0 is g = 0.
     grid_size, steps = {
         "dni": (v0_grid, np.arange(v0_grid)),
@@ -241,16 +246,23 @@ def choose_neuron_parameters(
     }[initial_potential]
 
     source = hist.layer() if granularity == "layer" else hist
-    candidates = threshold_candidates(source, percentiles)
-    p_index, phi = _search(source, candidates, timesteps, k, grid_size, steps)
-    theta = candidates[np.arange(source.channels)[None, :], p_index]  # (K, C of source)
-    v0 = phi * theta
-    chosen = np.asarray(percentiles)[p_index]
-
-    if initial_potential == "dni":
-        theta, v0, chosen = _keep_best_of_classic(
-            source, candidates, percentiles, theta, v0, chosen, timesteps, k
-        )
+    percentile_values = threshold_candidates(source, percentiles)
+    shape = (len(timesteps), source.channels)
+    theta, v0, chosen = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    # Targets with the same burst size share their candidates: one search per size.
+    for k in sorted(set(levels)):
+        rows = [i for i, size in enumerate(levels) if size == k]
+        group = tuple(timesteps[i] for i in rows)
+        candidates = (percentile_values / k).astype(np.float32).astype(np.float64)
+        p_index, phi = _search(source, candidates, group, k, grid_size, steps)
+        theta_k = candidates[np.arange(source.channels)[None, :], p_index]
+        v0_k = phi * theta_k
+        chosen_k = np.asarray(percentiles)[p_index]
+        if initial_potential == "dni":
+            theta_k, v0_k, chosen_k = _keep_best_of_classic(
+                source, candidates, percentiles, theta_k, v0_k, chosen_k, group, k
+            )
+        theta[rows], v0[rows], chosen[rows] = theta_k, v0_k, chosen_k
 
     inactive = hist.n_positive == 0
     if granularity == "layer":
@@ -266,14 +278,14 @@ def choose_neuron_parameters(
     expected = np.stack(
         [
             _direct(hist, theta32[i, :, None], v032[i, :, None], t, k)[:, 0]
-            for i, t in enumerate(timesteps)
+            for i, (t, k) in enumerate(zip(timesteps, levels))
         ]
     )
     return NeuronParams(
         theta=theta32,
         v0=v032,
         expected_error=expected,
-        baseline_error=_baselines(hist, source, timesteps, k),
+        baseline_error=_baselines(hist, source, timesteps, levels),
         timesteps=timesteps,
         percentile=np.ascontiguousarray(chosen, dtype=np.float64),
         inactive=inactive,
@@ -435,9 +447,11 @@ def _keep_best_of_classic(source, candidates, percentiles, theta, v0, chosen, ti
 
 
 def _baselines(
-    hist: ChannelHistogram, source: ChannelHistogram, timesteps: tuple[int, ...], k: int
+    hist: ChannelHistogram, source: ChannelHistogram, timesteps: tuple[int, ...],
+    levels: list[int],
 ) -> dict[str, np.ndarray]:
-    """Objective of the classic choices, evaluated per channel of ``hist``."""
+    """Objective of the classic choices (one spike per step), evaluated per channel of
+    ``hist``; the objective is that of the neuron with ``levels`` spikes per step."""
     thresholds = threshold_candidates(source, BASELINE_PERCENTILES)
     thresholds = np.broadcast_to(thresholds, (hist.channels, len(BASELINE_PERCENTILES)))
     out = {}
@@ -445,6 +459,6 @@ def _baselines(
         for label, fraction in (("zero", 0.0), ("half", 0.5)):
             theta32, v032 = _as_float32(thresholds[:, j], thresholds[:, j] * fraction)
             out[f"p{q:g}/{label}"] = np.stack(
-                [dni_objective(hist, theta32, v032, t, k) for t in timesteps]
+                [dni_objective(hist, theta32, v032, t, k) for t, k in zip(timesteps, levels)]
             )
     return out

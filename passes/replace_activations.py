@@ -99,7 +99,7 @@ def replace_activations(graph: gs.Graph, ctx: CompileContext) -> int:
                 f"node {node.name!r} ({node.op}): no calibrated parameters for {key!r}; "
                 "calibrate_neurons must run before replace_activations")
         attrs = {"theta_neg": ctx.config.theta_neg,
-                 "max_spikes_per_step": ctx.config.max_spikes_per_step}
+                 "max_spikes_per_step": ctx.config.burst_size}
         inputs = [node.inputs[0],
                   gs.Constant(f"{node.name}.theta", np.asarray(theta, dtype=np.float32)),
                   gs.Constant(f"{node.name}.v0", np.asarray(v0, dtype=np.float32))]

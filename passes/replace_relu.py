@@ -55,7 +55,7 @@ def replace_relu(graph: gs.Graph, ctx: CompileContext) -> int:
         node.domain = SNM_DOMAIN
         node.attrs = {
             "theta_neg": ctx.config.theta_neg,
-            "max_spikes_per_step": ctx.config.max_spikes_per_step,
+            "max_spikes_per_step": ctx.config.burst_size,
         }
         node.inputs = [
             source,

@@ -260,6 +260,11 @@ def _config_options(command):
         click.option("--max-spikes", type=click.IntRange(1, 64),
                      default=default.max_spikes_per_step, show_default=True,
                      help="Most spikes per neuron and step (1 = the paper's neuron)."),
+        click.option("--resolution", type=click.IntRange(1), default=default.resolution,
+                     show_default=True,
+                     help="Threshold steps a neuron's output can take over a run, at least: "
+                          "a target T below it gets bursts of ceil(resolution / T) spikes "
+                          "(at most --max-spikes); 1 = single spikes."),
         click.option("--second-stage/--no-second-stage", default=default.second_stage,
                      show_default=True,
                      help="DNI's second stage: simulate on calibration data and shift initial "
@@ -314,8 +319,8 @@ def main(debug):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
 def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
-                    initial_potential, granularity, max_spikes, second_stage, scale, mean, std,
-                    allow_analog, force, quiet):
+                    initial_potential, granularity, max_spikes, resolution, second_stage, scale,
+                    mean, std, allow_analog, force, quiet):
     """Compile MODEL (ONNX) to a .snn spiking network."""
     from snncompiler import pipeline
     from snncompiler.npz import Preprocessing, load_npz
@@ -329,7 +334,8 @@ def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
     _check_output(output, force, model=model, calibration_data=calib)
     config = CompileConfig(
         timesteps=tuple(steps), theta_neg=theta_neg, initial_potential=initial_potential,
-        granularity=granularity, max_spikes_per_step=max_spikes, progress=not quiet,
+        granularity=granularity, max_spikes_per_step=max_spikes, resolution=resolution,
+        progress=not quiet,
         allow_analog=allow_analog, second_stage=second_stage)
     calibration = load_npz(calib, Preprocessing(scale, mean, std), limit=calib_samples)
     result = pipeline.compile_model(model, calibration, config)

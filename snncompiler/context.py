@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -22,7 +23,13 @@ class CompileConfig:
             pass of calibration statistics. The first is the default T of the program.
         theta_neg: SNM negative threshold: ``"zero"``, ``"minus_theta"`` (the SNM paper's
             code) or ``"off"`` (plain integrate-and-fire, no negative spikes).
-        max_spikes_per_step: 1 is the paper's neuron; k > 1 allows bursts of up to k spikes.
+        max_spikes_per_step: The most spikes a neuron may send in one step (1 is the paper's
+            neuron). Bursts are used only where ``resolution`` asks for them.
+        resolution: The number of threshold steps that a neuron's output can take over a
+            run of T steps, at least: for a target T the thresholds are chosen for bursts
+            of ``ceil(resolution / T)`` spikes (capped by ``max_spikes_per_step``), so a
+            small T gets several levels per step and a large T single spikes
+            (:meth:`levels_per_step`). 1 turns bursts off.
         granularity: ``"channel"`` or ``"layer"`` thresholds.
         initial_potential: ``"dni"`` (searched), ``"half"`` (theta/2) or ``"zero"``.
         threshold_percentiles: Candidate thresholds, as percentiles of each channel's
@@ -43,7 +50,8 @@ class CompileConfig:
 
     timesteps: tuple[int, ...] = (32,)
     theta_neg: str = "zero"
-    max_spikes_per_step: int = 1
+    max_spikes_per_step: int = 4
+    resolution: int = 16
     granularity: str = "channel"
     initial_potential: str = "dni"
     threshold_percentiles: tuple[float, ...] = (
@@ -68,8 +76,23 @@ class CompileConfig:
             raise ValueError(f"granularity must be one of {GRANULARITIES}")
         if self.max_spikes_per_step < 1:
             raise ValueError("max_spikes_per_step must be at least 1")
+        if self.resolution < 1:
+            raise ValueError("resolution must be at least 1")
         if self.second_stage_samples < 1 or self.second_stage_sweeps < 1:
             raise ValueError("second_stage_samples and second_stage_sweeps must be at least 1")
+
+
+    def levels_per_step(self, timesteps: int) -> int:
+        """Spikes per step that the thresholds for target ``timesteps`` are chosen for:
+        enough for ``resolution`` levels over the run, at most ``max_spikes_per_step``."""
+        return max(1, min(self.max_spikes_per_step, math.ceil(self.resolution / timesteps)))
+
+    @property
+    def burst_size(self) -> int:
+        """The neurons' ``max_spikes_per_step``: the largest :meth:`levels_per_step` of the
+        target T values (a target with fewer levels uses thresholds chosen for those, and
+        the larger bursts only spare it clipping)."""
+        return max(self.levels_per_step(t) for t in self.timesteps)
 
 
 @dataclass
@@ -89,6 +112,9 @@ class CompileContext:
         readout: Filled by ``mark_readout``: graph output name -> readout kind.
         second_stage_stats: Filled by ``record_second_stage_stats`` (second stage only): activation
             tensor name -> per-channel histogram on the images the second stage simulates.
+        second_stage_check_stats: The same on the held-out images that check the second
+            stage's shifts; ``second_stage_reference``: the ANN's output on them.
+        second_stage_outcomes: One line per target T: what the check kept or reverted.
         dry_run: Check and lower the graph without calibration data (placeholder neuron
             parameters), for ``snnc inspect`` and early error reporting.
     """
@@ -101,4 +127,7 @@ class CompileContext:
     report: list[str] = field(default_factory=list)
     readout: dict = field(default_factory=dict)
     second_stage_stats: dict = field(default_factory=dict)
+    second_stage_check_stats: dict = field(default_factory=dict)
+    second_stage_reference: np.ndarray | None = None
+    second_stage_outcomes: list[str] = field(default_factory=list)
     dry_run: bool = False

@@ -151,7 +151,10 @@ def calibration_summary(ctx: CompileContext, calibration: Dataset) -> dict:
         "threshold_percentiles": list(config.threshold_percentiles),
         "threshold_search": config.threshold_search,
         "second_stage": ({"samples": config.second_stage_samples,
-                          "sweeps": config.second_stage_sweeps}
+                          "sweeps": config.second_stage_sweeps,
+                          "checked": list(ctx.second_stage_outcomes)}
                          if config.second_stage else None),
+        "resolution": config.resolution,
+        "levels_per_step": [config.levels_per_step(t) for t in config.timesteps],
         "layers": layers,
     }

@@ -51,7 +51,10 @@ def compiled_pair(model, folder):
     x = np.random.default_rng(1).normal(size=(48, 2, 8, 8)).astype(np.float32)
 
     def compile_with(**options):
-        config = CompileConfig(**{"timesteps": (4, 8), "progress": False, **options})
+        # Single spikes: the regime whose rounding bias the second stage removes (with the
+        # default bursts at these T there is little left to correct).
+        config = CompileConfig(**{"timesteps": (4, 8), "progress": False,
+                                  "max_spikes_per_step": 1, "resolution": 1, **options})
         return compile_model(path, Dataset(x, None, "test"), config)
 
     plain = compile_with(second_stage=False)
@@ -96,7 +99,8 @@ def mean_errors(program, reference, model, x, steps):
     total = 0.0
     for name, node in neurons.items():
         a = np.moveaxis(inputs[target_tensor(node)], 1, -1)
-        q = spike_output(a, node.arrays["theta"][row], node.arrays["v0"][row], steps)
+        q = spike_output(a, node.arrays["theta"][row], node.arrays["v0"][row], steps,
+                         node.attrs["max_spikes_per_step"])
         target = q.reshape(-1, q.shape[-1]).mean(axis=0)
         total += float(np.abs(snn[name] - target).sum())
     return total
@@ -108,7 +112,9 @@ def test_second_stage_brings_mean_outputs_to_the_target(compiled, request):
     for steps in (4, 8):
         before = mean_errors(plain.program, plain.program, model, x[:32], steps)
         after = mean_errors(balanced.program, plain.program, model, x[:32], steps)
-        assert after < 0.5 * before, (steps, before, after)
+        # Half of the 32 images fit the shifts and the other half may revert them, so
+        # the fall on all 32 is smaller than a fit on all of them would give.
+        assert after < 0.75 * before, (steps, before, after)
 
 
 def test_only_initial_potentials_change_and_stay_in_range(setup):
@@ -125,7 +131,9 @@ def test_only_initial_potentials_change_and_stay_in_range(setup):
             assert (v0 >= V0_MIN * theta - 1e-6).all() and (v0 <= V0_MAX * theta + 1e-6).all()
             changed |= not np.array_equal(a.arrays["v0"], v0)
     assert changed
-    assert balanced.program.calibration["second_stage"] == {"samples": 32, "sweeps": 2}
+    summary = balanced.program.calibration["second_stage"]
+    assert (summary["samples"], summary["sweeps"]) == (32, 2)
+    assert [line.split(":")[0] for line in summary["checked"]] == ["T=4", "T=8"]
     assert plain.program.calibration["second_stage"] is None
     assert any(line.startswith("second stage:") for line in balanced.report)
 
@@ -148,14 +156,15 @@ def test_second_stage_brings_a_clipped_snn_closer_to_onnxruntime(clipped):
 
     On nets this small the gain in the readout varies from seed to seed, for Relu and Clip
     alike (the second stage matches each channel's mean, not every image); seed 5 shows a
-    clear one (about 15%), the per-layer means above fall on every seed tried.
+    clear one (about 15% when all 32 images fitted the shifts; 3 to 10% now that half of
+    them check the other half's), the per-layer means above fall on every seed tried.
     """
     model, x, plain, balanced, _ = clipped
     ann = run(model, x=x)[0]
     for steps in (4, 8):
         errors = [float(np.abs(SpikingNetwork(result.program).run(x, steps)[-1] - ann).mean())
                   for result in (plain, balanced)]
-        assert errors[1] < 0.95 * errors[0], (steps, errors)
+        assert errors[1] < errors[0], (steps, errors)
 
 
 def test_integrate_and_fire_keeps_v0_below_theta(setup):
@@ -183,3 +192,17 @@ def test_compiler_and_dni_share_the_threshold_grid():
     from snncompiler.passes.dni import DEFAULT_PERCENTILES
 
     assert CompileConfig().threshold_percentiles == DEFAULT_PERCENTILES
+
+
+@pytest.mark.parametrize("compiled", ["setup", "clipped"])
+def test_the_held_out_output_error_never_grows(compiled, request):
+    """What the check guarantees: on the held-out half of the second stage's images, the
+    readout after T steps is no further from onnxruntime's output than without the shifts."""
+    model, x, plain, balanced, _ = request.getfixturevalue(compiled)
+    held_out = x[16:32]  # second_stage_samples=32: the first 16 fit, the next 16 check
+    ann = run(model, x=held_out)[0].astype(np.float64)
+    for steps in (4, 8):
+        errors = [float(((SpikingNetwork(r.program).run(held_out, steps, parameters_for=steps)
+                          [-1] - ann) ** 2).sum()) for r in (plain, balanced)]
+        assert errors[1] <= errors[0], (steps, errors)
+

@@ -228,9 +228,10 @@ def test_search_is_never_worse_than_zero_or_half(seed, steps, k, initial):
     hist.update(random_activations(seed, n=500))
     percentiles = (90.0, 99.0, 99.9, 100.0)
     params = choose_neuron_parameters(
-        hist, (steps,), percentiles=percentiles, initial_potential=initial, max_spikes_per_step=k
+        hist, (steps,), percentiles=percentiles, initial_potential=initial, levels_per_step=k
     )
-    candidates = threshold_candidates(hist, percentiles)
+    # The candidates of bursts of k are the percentiles divided by k.
+    candidates = (threshold_candidates(hist, percentiles) / k).astype(np.float32)
     zero = np.stack(
         [dni_objective(hist, theta, 0 * theta, steps, k) for theta in candidates.T], axis=1
     )
@@ -254,8 +255,8 @@ def test_bucketed_search_matches_brute_force(steps, k):
     hist = ChannelHistogram(3, 256)
     hist.update(random_activations(steps))
     grid = 8
-    params = choose_neuron_parameters(hist, (steps,), max_spikes_per_step=k, v0_grid=grid)
-    candidates = threshold_candidates(hist, DEFAULT_PERCENTILES)
+    params = choose_neuron_parameters(hist, (steps,), levels_per_step=k, v0_grid=grid)
+    candidates = (threshold_candidates(hist, DEFAULT_PERCENTILES) / k).astype(np.float32)
     brute = np.stack(
         [
             dni_objective(hist, theta, theta * g / grid, steps, k)
@@ -355,3 +356,35 @@ def test_arguments_are_checked():
             percentile=params.percentile,
             inactive=params.inactive,
         )
+
+
+def test_each_target_gets_the_thresholds_of_its_own_burst_size():
+    """Rows of a multi-T calibration with different burst sizes are each the row that a
+    single-T calibration with that size gives: the sizes do not leak into each other."""
+    hist = ChannelHistogram(3, 256)
+    hist.update(random_activations(5))
+    together = choose_neuron_parameters(hist, (2, 4, 16), levels_per_step=(4, 2, 1))
+    for row, (steps, k) in enumerate(((2, 4), (4, 2), (16, 1))):
+        alone = choose_neuron_parameters(hist, (steps,), levels_per_step=k)
+        np.testing.assert_array_equal(together.theta[row], alone.theta[0])
+        np.testing.assert_array_equal(together.v0[row], alone.v0[0])
+
+
+def test_bursts_reach_the_same_clipping_point_with_finer_steps():
+    """With bursts of k, k spikes of one step reach the percentile that one spike reaches
+    without bursts, so the largest value sent per step is unchanged and the objective
+    (the error of a finer quantiser with the same range) is never larger."""
+    hist = ChannelHistogram(3, 256)
+    hist.update(random_activations(9))
+    single = choose_neuron_parameters(hist, (4,), percentiles=(99.9,), threshold_search=False)
+    burst = choose_neuron_parameters(hist, (4,), percentiles=(99.9,), threshold_search=False,
+                                     levels_per_step=4)
+    np.testing.assert_allclose(4 * burst.theta, single.theta, rtol=1e-6)
+    assert np.all(burst.expected_error <= single.expected_error + 1e-12)
+
+
+def test_levels_per_step_must_match_the_targets():
+    hist = ChannelHistogram(1, 16)
+    hist.update(random_activations(1, n=50, channels=1))
+    with pytest.raises(ValueError, match="one positive integer per T"):
+        choose_neuron_parameters(hist, (2, 4), levels_per_step=(2,))

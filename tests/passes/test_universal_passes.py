@@ -184,10 +184,13 @@ def test_clip_and_leaky_neurons_are_calibrated_on_what_they_send():
     assert calibrate_neurons(import_graph(model), ctx) == 2
     clip_params, leaky_params = ctx.neuron_params[clip_out], ctx.neuron_params[
         leaky_out + "|abs"]
-    # A Clip(0, 0.4) neuron's largest value is the bound; a leaky one's is max |f(a)|.
-    np.testing.assert_allclose(clip_params.theta, 0.4, rtol=1e-6)
+    # A Clip(0, 0.4) neuron's largest value per step (a full burst) is the bound; a leaky
+    # one's is max |f(a)|.
+    levels = np.array([[config.levels_per_step(t)] for t in config.timesteps])
+    assert levels.ravel().tolist() == [2, 1]
+    np.testing.assert_allclose(clip_params.theta * levels, 0.4, rtol=1e-6)
     outputs = run(model, x=x)[0]
     assert leaky_params.theta.shape == (2, 3)
-    np.testing.assert_allclose(leaky_params.theta[0], np.abs(outputs).max(axis=(0, 2, 3)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(leaky_params.theta[0] * levels[0],
+                               np.abs(outputs).max(axis=(0, 2, 3)), rtol=1e-6)
     np.testing.assert_allclose(leaky_params.v0, leaky_params.theta / 2, rtol=1e-6)

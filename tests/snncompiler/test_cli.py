@@ -106,7 +106,7 @@ def test_compile_option_defaults_are_the_compile_config_defaults():
     assert options["timesteps"].default == ",".join(map(str, default.timesteps))
     for option, field in [("theta_neg", "theta_neg"), ("initial_potential", "initial_potential"),
                           ("granularity", "granularity"), ("max_spikes", "max_spikes_per_step"),
-                          ("second_stage", "second_stage")]:
+                          ("resolution", "resolution"), ("second_stage", "second_stage")]:
         assert options[option].default == getattr(default, field), option
 
 
