@@ -282,10 +282,12 @@ def run_model(model: str, args, extra: list[str]) -> dict:
             "simulate_seconds": seconds[t],
         }
     layer_t = sorted(t for t in args.layer_timesteps if t in timesteps) or [timesteps[-1]]
-    start = time.perf_counter()
-    layers = layer_errors(snn, onnx, x[:args.layer_limit], layer_t, args.batch)
-    print(f"  per-layer errors at T={layer_t} in {time.perf_counter() - start:.0f} s",
-          flush=True)
+    layers = []
+    if args.layer_limit > 0:  # 0: no per-layer errors (an ablation that only needs the table)
+        start = time.perf_counter()
+        layers = layer_errors(snn, onnx, x[:args.layer_limit], layer_t, args.batch)
+        print(f"  per-layer errors at T={layer_t} in {time.perf_counter() - start:.0f} s",
+              flush=True)
     return {
         "model": model, "variant": args.variant, "compile_args": extra,
         "views": len(x), "photos": len(set(photos.tolist())), "calibration_views": calib_views,

@@ -338,16 +338,119 @@ def ablation_section(ablation: dict, title: str) -> list[str]:
     return lines
 
 
+# Low T, on both benchmark ANNs: the largest gap to the ANN's top-1 allowed, in points, and
+# the most synaptic operations allowed against the single-spike conversion at the same T.
+LOW_T_GAPS = {2: 1.0, 4: 0.3, 8: 0.1}
+LOW_T_OPS = 1.3
+LOW_T_FILE = "fidelity_low_t.json"
+LOW_T_DEFAULT, LOW_T_BASELINE = "bursts_ss", "dni_ss"
+
+
+def low_t_section(low: dict, full: dict | None) -> list[str]:
+    """Gaps and synaptic operations of the low-T variants, with verdicts against the
+    targets, and the default against the single-spike default of ``full`` (the run of the
+    previous defaults, same images) at every T both have."""
+    grid = low["timesteps"]
+    lines = [f"## Low T: graded spikes and the checked second stage, on "
+             f"{low['test']['images']:,} test images", ""]
+    verdicts = []
+    for name, model in low["models"].items():
+        ann = 100 * model["ann_accuracy"]
+        variants = dict(_in_order(model))
+        base_ops = variants.get(LOW_T_BASELINE, {}).get("synaptic_ops")
+        rows = []
+        for key, v in variants.items():
+            gaps = [ann - 100 * a for a in v["accuracy"]]
+            ops = v.get("synaptic_ops") or [None] * len(grid)
+            rows.append([v["label"], "gap"] + _cells(gaps))
+            rows.append(["", "M synaptic ops / image"]
+                        + _cells([None if o is None else o / 1e6 for o in ops], "{:.3f}"))
+            if base_ops and key != LOW_T_BASELINE:
+                rows.append(["", "ops / single-spike ops"] + _cells(
+                    [None if o is None or b is None else o / b for o, b in zip(ops, base_ops)]))
+        lines += [f"### {name}: ANN {ann:.2f}%", ""]
+        lines += _table(["variant", "", *(f"T={t}" for t in grid)], rows)
+        default = variants.get(LOW_T_DEFAULT)
+        if default is None:
+            continue
+        for t, limit in LOW_T_GAPS.items():
+            if t in grid:
+                gap = ann - 100 * default["accuracy"][grid.index(t)]
+                verdicts.append(f"{name} T={t}: gap {gap:.2f} (target <= {limit}): "
+                                + ("met" if gap <= limit else f"missed by {gap - limit:.2f}"))
+        if base_ops and default.get("synaptic_ops"):
+            ratios = [o / b for o, b in zip(default["synaptic_ops"], base_ops)]
+            worst = max(range(len(grid)), key=lambda i: ratios[i])
+            verdicts.append(f"{name}: synaptic ops at most {ratios[worst]:.2f}x the single-spike "
+                            f"conversion's (T={grid[worst]}; target <= {LOW_T_OPS}): "
+                            + ("met" if ratios[worst] <= LOW_T_OPS else "missed"))
+        old = (full or {}).get("models", {}).get(name, {}).get("variants", {}).get(
+            LOW_T_BASELINE)
+        if old and full["test"] == low["test"]:
+            worse = [(t, 100 * (old["accuracy"][full["timesteps"].index(t)]
+                                 - default["accuracy"][grid.index(t)]))
+                     for t in grid if t in full["timesteps"]]
+            lost = [(t, d) for t, d in worse if d > 0]
+            verdicts.append(f"{name} against the previous default ({RESULTS_FILE}): "
+                            + ("not worse at any T" if not lost else "worse at " + ", ".join(
+                                f"T={t} by {d:.2f}" for t, d in lost)))
+    lines += ["Verdicts, computed from the tables:", ""] + [f"- {v}" for v in verdicts] + [""]
+    return lines
+
+
+def plot_ops(low: dict, path: Path) -> None:
+    """Accuracy against synaptic operations per image, one curve per variant (points are
+    the T of the grid), next to accuracy against T."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return
+    names, grid = list(low["models"]), low["timesteps"]
+    fig, axes = plt.subplots(2, len(names), figsize=(6.5 * len(names), 9), squeeze=False)
+    for column, name in enumerate(names):
+        model = low["models"][name]
+        ann = 100 * model["ann_accuracy"]
+        for _, v in _in_order(model):
+            accuracy = [100 * a for a in v["accuracy"]]
+            axes[0][column].plot(grid, accuracy, "-o", ms=4, label=v["label"])
+            if v.get("synaptic_ops"):
+                axes[1][column].plot([o / 1e6 for o in v["synaptic_ops"]], accuracy, "-o", ms=4,
+                                     label=v["label"])
+                for t, o, a in zip(grid, v["synaptic_ops"], accuracy):
+                    axes[1][column].annotate(f"T={t}", (o / 1e6, a), fontsize=6)
+        for row, xlabel in ((0, "timesteps T"), (1, "synaptic operations per image (M)")):
+            ax = axes[row][column]
+            ax.axhline(ann, color="k", lw=0.8, label="ANN")
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(ann - 6, ann + 1)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("top-1 accuracy (%)")
+            ax.set_title(f"Fashion-MNIST {name}, {low['test']['images']:,} test images")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
+
+
 def write_report(results: Path) -> None:
     """``fidelity_tables.md`` and ``fidelity.png`` from the JSON files of the runs."""
     full = _read(results / RESULTS_FILE)
     peers = _read(results / "spikingjelly.json")
     lines = [f"<!-- written by benchmarks/fidelity.py --report from {RESULTS_FILE}, "
-             "fidelity_neurons.json and spikingjelly.json; the discussion is in fidelity.md "
+             f"fidelity_neurons.json, {LOW_T_FILE} and spikingjelly.json; the discussion is in "
+             "fidelity.md "
              "-->", ""]
     if full:
         lines += targets_section(full, peers)
         lines += ablation_section(full, "Ablation: the variants of issue 3")
+    low = _read(results / LOW_T_FILE)
+    if low:
+        lines += low_t_section(low, full)
     neurons = _read(results / "fidelity_neurons.json")
     if neurons:
         lines += ablation_section(neurons, "Neuron ablation: one change at a time")
@@ -362,6 +465,8 @@ def write_report(results: Path) -> None:
     print(f"wrote {results / 'fidelity_tables.md'}")
     if full:
         plot(full, peers, results / "fidelity.png")
+    if low:
+        plot_ops(low, results / "fidelity_ops.png")
 
 
 def plot(full: dict, peers: dict | None, path: Path) -> None:

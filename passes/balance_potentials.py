@@ -52,10 +52,12 @@ let its count, and its output, fall below 0.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from tqdm.auto import tqdm
 
 from snncompiler.context import CompileContext
 from snncompiler.errors import CalibrationError
@@ -200,18 +202,26 @@ def balance_potentials(program: Program, ctx: CompileContext) -> int:
         check_targets = (_row_targets(neurons, ctx.second_stage_check_stats, row, steps)
                          if len(check) else None)
         start = {n.name: n.arrays["v0"][row].copy() for n in neurons}
+        # Image-steps simulated for this T: the sweeps on the fitting images, then the
+        # held-out images before and after (and once more if some shifts are reverted).
+        bar = tqdm(total=steps * (config.second_stage_sweeps * len(fit) + 3 * len(check)),
+                   desc=f"second stage, T={steps}", unit="img-step",
+                   disable=not config.progress, leave=False)
+        simulate = functools.partial(snn_channel_means, program, steps=steps, names=names,
+                                     bar=bar)
         if check_targets is not None:
-            means, readout = snn_channel_means(program, check, steps, names, readout=True)
+            means, readout = simulate(check, readout=True)
             start_error = _channel_errors(means, check_targets)
             start_net = _network_error(readout, ctx.second_stage_reference)
         for _ in range(config.second_stage_sweeps):
-            means = snn_channel_means(program, fit, steps, names)
+            means = simulate(fit)
             for node in neurons:
                 _shift(node, row, steps, fit_targets[node.name] - means[node.name])
         if check_targets is None:
+            bar.close()
             outcomes.append(f"T={steps}: not checked (fewer than 2 images)")
             continue
-        means, readout = snn_channel_means(program, check, steps, names, readout=True)
+        means, readout = simulate(check, readout=True)
         errors = _channel_errors(means, check_targets)
         kept, reverted = 0, False
         for node in neurons:
@@ -220,7 +230,8 @@ def balance_potentials(program: Program, ctx: CompileContext) -> int:
             kept += int((node.arrays["v0"][row] != start[node.name]).sum())
             reverted |= bool(worse.any())
         if reverted:  # the readout of what is kept
-            _, readout = snn_channel_means(program, check, steps, names, readout=True)
+            _, readout = simulate(check, readout=True)
+        bar.close()
         net = _network_error(readout, ctx.second_stage_reference)
         if net is not None and start_net is not None and net >= start_net:
             for node in neurons:
@@ -265,13 +276,13 @@ def _network_error(readout: np.ndarray | None, reference: np.ndarray | None) -> 
 
 
 def snn_channel_means(program: Program, images: np.ndarray, steps: int,
-                      names: list[str], *, readout: bool = False):
+                      names: list[str], *, readout: bool = False, bar=None):
     """Mean output per step of each channel of the named neuron nodes, over ``steps`` steps.
 
     Runs the engine with the parameter row calibrated for ``steps`` on ``images`` (in
     batches) and sums, through the observer, what every named node sends. With
     ``readout``, also returns the network's readout after ``steps`` steps, (N, ...) float64
-    (None for a network with several outputs).
+    (None for a network with several outputs). ``bar``: a tqdm bar counting image-steps.
     """
     wanted = set(names)
     sums: dict[str, np.ndarray] = {}
@@ -293,6 +304,8 @@ def snn_channel_means(program: Program, images: np.ndarray, steps: int,
                       observer=observe)
         if not isinstance(out, dict):
             last.append(out[-1].astype(np.float64))
+        if bar is not None:
+            bar.update(steps * len(images[first:first + _BATCH]))
     means = {name: sums[name] / counts[name] for name in names}
     if not readout:
         return means
