@@ -11,7 +11,7 @@ Example:
 
 from snncompiler.runtime.engine import SpikingNetwork
 from snncompiler.runtime.errors import FormatError, InputError, SnnError
-from snncompiler.runtime.graph import Node, Program, TensorSpec
+from snncompiler.runtime.graph import Node, Program, TensorSpec, Value
 
 
 def load(path, **options) -> SpikingNetwork:
@@ -20,8 +20,8 @@ def load(path, **options) -> SpikingNetwork:
     Args:
         path: The ``.snn`` file.
         **options: Passed to :class:`SpikingNetwork`: ``memory_budget`` (bytes of
-            activations one time chunk may use) and ``executor`` (``"auto"``, ``"fused"``
-            or ``"nodes"``).
+            activations one time chunk may use) and ``executor`` (``"auto"``, the default,
+            runs the fused executor; ``"nodes"`` the numpy reference, for tests).
 
     Raises:
         FormatError: The file is not a valid ``.snn`` file; the message names the problem.
@@ -39,5 +39,6 @@ __all__ = [
     "SnnError",
     "SpikingNetwork",
     "TensorSpec",
+    "Value",
     "load",
 ]

@@ -1,19 +1,20 @@
 """The timestep engine: plans a Program once, then runs it chunk by chunk over time.
 
 Values flowing between nodes are either *static*, ``(N, ...)``, constant over time (what is
-computed from the directly coded input alone, so the first linear segment runs once, with
-numpy), or *dynamic*, ``(Tc, N, ...)``, one slice per step of the current time chunk.
-Stateful ops keep their state between chunks, so any chunking, including ``step()`` one
-step at a time, gives the same result.
+computed from the directly coded input alone: the first linear segment runs once, with
+numpy, :mod:`snncompiler.runtime.nodes`), or *dynamic*, one value per step. Stateful ops
+keep their state between chunks, so any chunking, including ``step()`` one step at a time,
+gives the same result.
 
-Two executors run the dynamic part, with the same semantics:
+The dynamic part runs in the fused executor: :func:`snncompiler.runtime.fused.plan` lays it
+out once as arrays, and one numba call per time chunk
+(:func:`snncompiler.runtime.kernels.run_steps`) runs all dynamic nodes sample by sample and
+step by step, with event-driven ``conv``/``gemm`` on spikes. It runs every op of the schema;
+its results do not depend on the time chunk, the batch or the thread count, bit for bit.
 
-- ``"fused"`` (the default when every dynamic op has a kernel, see
-  :mod:`snncompiler.runtime.fused`): one numba call per time chunk runs all dynamic nodes
-  sample by sample and step by step, with event-driven ``conv``/``gemm`` on spikes. Its
-  results do not depend on the time chunk, the batch or the thread count, bit for bit.
-- ``"nodes"``: one executor per node over the whole chunk, time folded into the batch
-  (numpy and BLAS; numba for conv and the stateful ops). It runs every op of the schema.
+``executor="nodes"`` runs the dynamic part with the node executor instead
+(:mod:`snncompiler.runtime.nodes`: one numpy function per op over a whole time chunk), the
+numpy reference that the tests hold the fused executor to. Nothing chooses it by itself.
 
 Readout: each graph output accumulates its value; the readout after t steps is the sum of
 its values over steps 1..t divided by t.
@@ -23,32 +24,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from snncompiler.runtime import fused, kernels, linear
-from snncompiler.runtime.analog import run_analog
+from snncompiler.runtime import fused, kernels
 from snncompiler.runtime.errors import InputError
-from snncompiler.runtime.graph import Program
-from snncompiler.runtime.neuron_variants import run_tracking
-from snncompiler.runtime.neurons import (
-    THETA_NEG_CODES,
-    neuron_current,
-    snm_scan,
-    spikes_sent,
-)
+from snncompiler.runtime.graph import Program, Value
+from snncompiler.runtime.nodes import EXECUTORS
 from snncompiler.runtime.opset import OPS, infer_shape
-from snncompiler.runtime.pooling import maxpool_track
-from snncompiler.runtime.shape_ops import (
-    run_concat,
-    run_pad,
-    run_reduce,
-    run_resize,
-    run_transpose,
-)
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of activations per time chunk
 MAX_READOUT_BYTES = 4 * 2**30
@@ -56,206 +40,8 @@ MAX_READOUT_BYTES = 4 * 2**30
 # not refused, but more often a slip (T=10**6 for 10**3) that ties the process up for hours.
 LONG_RUN_STEPS = 100_000
 EXECUTOR_CHOICES = ("auto", "fused", "nodes")
-BLOCKS_PER_THREAD = 4  # samples are split in this many blocks per thread (load balance)
 COUNTING_OPCODES = (kernels.CONV, kernels.CONV_GROUPED, kernels.GEMM, kernels.SNM,
                     kernels.TRACK)
-
-
-@dataclass
-class Value:
-    """A tensor during execution: ``data`` is (N, ...) if static, (Tc, N, ...) if dynamic."""
-
-    data: np.ndarray
-    dynamic: bool
-
-
-def _folded(value: Value, fn: Callable[[np.ndarray], np.ndarray]) -> Value:
-    """Applies a batch op to every step at once by folding time into the batch."""
-    if not value.dynamic:
-        return Value(fn(value.data), False)
-    steps, batch = value.data.shape[:2]
-    out = fn(value.data.reshape(steps * batch, *value.data.shape[2:]))
-    return Value(out.reshape(steps, batch, *out.shape[1:]), True)
-
-
-def _align(value: Value, rank: int) -> np.ndarray:
-    """View with the sample part padded to ``rank`` axes, for broadcasting between samples."""
-    lead = 2 if value.dynamic else 1
-    sample = value.data.shape[lead:]
-    shape = value.data.shape[:lead] + (1,) * (rank - len(sample)) + sample
-    data = value.data.reshape(shape)
-    return data if value.dynamic else data[None]
-
-
-# --------------------------------------------------------------------------- executors
-# Each executor is (node, inputs, state, engine) -> Value. ``state`` is a dict private to
-# the node that persists across time chunks until reset().
-
-
-def _count(state, counts: np.ndarray) -> None:
-    """Adds per-sample counts (N,) to the node's counter (see SpikingNetwork.counters)."""
-    state["count"] = state.get("count", 0) + counts.astype(np.int64)
-
-
-def _reach(size, kernel, stride, pad, dilation, out) -> np.ndarray:
-    """For each input index along one axis: how many kernel taps land on an output."""
-    position = np.arange(size)[:, None] + pad - np.arange(kernel)[None, :] * dilation
-    valid = (position >= 0) & (position % stride == 0) & (position // stride < out)
-    return valid.sum(axis=1)
-
-
-def conv_additions(node, spikes: np.ndarray) -> np.ndarray:
-    """Additions the conv kernel does on ``spikes`` (Tc, N, C, H, W), per sample.
-
-    Each nonzero input adds one weight row (O/group values) per kernel tap that lands on
-    an output; taps that fall off the border cost nothing. A step whose input is dense
-    enough runs dense (see :func:`snncompiler.runtime.fused.dense_from`) and adds every
-    input's rows.
-    """
-    a = node.attrs
-    weight = node.arrays["weight"]
-    taps = np.outer(
-        _reach(spikes.shape[3], weight.shape[2], a["strides"][0], a["pads"][0],
-               a["dilations"][0], node.shape[1]),
-        _reach(spikes.shape[4], weight.shape[3], a["strides"][1], a["pads"][1],
-               a["dilations"][1], node.shape[2]))
-    active = np.count_nonzero(spikes, axis=2)
-    per_step = np.einsum("tnhw,hw->tn", active.astype(np.int64), taps)
-    if a["group"] == 1:
-        dense = active.sum(axis=(2, 3)) >= _dense_from(node, spikes.shape[2:])
-        per_step = np.where(dense, spikes.shape[2] * taps.sum(), per_step)
-    return weight.shape[0] // a["group"] * per_step.sum(axis=0)
-
-
-def _dense_from(node, in_shape) -> int:
-    weight = node.arrays["weight"]
-    return fused.dense_from(*in_shape, weight.shape[0], weight.shape[2:], node.attrs["strides"])
-
-
-def _conv(node, data: np.ndarray) -> np.ndarray:
-    """Conv of a (B, C, H, W) batch with the event-driven kernel, sample by sample (numba):
-    much faster than BLAS on spikes, and as fast on the dense input of the first layer."""
-    a = node.attrs
-    weight = node.arrays["weight"]
-    out_channels, _, kh, kw = weight.shape
-    out_shape = tuple(node.shape)
-    batch = data.shape[0]
-    out = np.empty((batch, math.prod(out_shape)), dtype=np.float32)
-    kernels.conv_batch(fused.to_storage(data.astype(np.float32, copy=False), data.shape[1:]),
-                       *data.shape[1:], fused.conv_weight_layout(weight, a["group"]),
-                       node.arrays["bias"].astype(np.float32), out_channels, kh, kw,
-                       *a["strides"], a["pads"][0], a["pads"][1], *a["dilations"], a["group"],
-                       *out_shape[1:], _dense_from(node, data.shape[1:]),
-                       min(batch, BLOCKS_PER_THREAD * numba.get_num_threads()), out)
-    return np.ascontiguousarray(fused.from_storage(out, out_shape))
-
-
-def _run_conv(node, inputs, state, engine):
-    x = inputs[0]
-    if x.dynamic:
-        _count(state, conv_additions(node, x.data))
-    return _folded(x, lambda data: _conv(node, data))
-
-
-def _run_gemm(node, inputs, state, engine):
-    x = inputs[0]
-    if x.dynamic:
-        active = np.count_nonzero(x.data.reshape(*x.data.shape[:2], -1), axis=(0, 2))
-        _count(state, active * node.arrays["weight"].shape[1])
-    return _folded(x, lambda data: linear.gemm(data, node.arrays["weight"], node.arrays["bias"]))
-
-
-def _run_affine(node, inputs, state, engine):
-    x = inputs[0]
-    data = x.data * node.arrays["scale"] + node.arrays["shift"]
-    return Value(data.astype(np.float32, copy=False), x.dynamic)
-
-
-def _run_add(node, inputs, state, engine):
-    a, b = inputs
-    rank = len(node.shape)
-    if not (a.dynamic or b.dynamic):
-        return Value((_align(a, rank)[0] + _align(b, rank)[0]).astype(np.float32), False)
-    return Value((_align(a, rank) + _align(b, rank)).astype(np.float32), True)
-
-
-def _run_avgpool(node, inputs, state, engine):
-    a = node.attrs
-    return _folded(inputs[0], lambda x: linear.avgpool2d(
-        x, a["kernel"], a["strides"], a["pads"], a["count_include_pad"], node.shape[1:]))
-
-
-def _run_global_avgpool(node, inputs, state, engine):
-    return _folded(inputs[0], linear.global_avgpool)
-
-
-def _maxpool(node, x):
-    a = node.attrs
-    return linear.maxpool2d(x, a["kernel"], a["strides"], a["pads"], a["dilations"], node.shape[1:])
-
-
-def _run_maxpool(node, inputs, state, engine):
-    """Exact signed max tracker: emits maxpool(A(t)) - maxpool(A(t-1)), A the running input."""
-    x = inputs[0]
-    if not x.dynamic:
-        return Value(_maxpool(node, x.data), False)
-    steps, batch = x.data.shape[:2]
-    if "running_input" not in state:
-        state["running_input"] = np.zeros(x.data.shape[1:], dtype=np.float64)
-        state["pooled"] = np.zeros((batch, *node.shape), dtype=np.float64)
-        a = node.attrs
-        state["geometry"] = [np.asarray(a[key], dtype=np.int64)
-                             for key in ("kernel", "strides", "pads", "dilations")]
-    out = np.empty((steps, batch, *node.shape), dtype=np.float32)
-    maxpool_track(np.ascontiguousarray(x.data, dtype=np.float32), *state["geometry"],
-                  state["running_input"], state["pooled"], out)
-    return Value(out, True)
-
-
-def _run_reshape(node, inputs, state, engine):
-    x = inputs[0]
-    lead = x.data.shape[:2] if x.dynamic else x.data.shape[:1]
-    return Value(x.data.reshape(*lead, *node.shape), x.dynamic)
-
-
-def _run_snm(node, inputs, state, engine):
-    x = inputs[0]
-    row = engine.parameter_row
-    theta = np.ascontiguousarray(node.arrays["theta"][row], dtype=np.float32)
-    current, steps = neuron_current(x, engine.chunk_steps, node.shape)
-    _, batch, channels, _ = current.shape
-    if "membrane" not in state:
-        v0 = node.arrays["v0"][row].astype(np.float32)
-        state["membrane"] = np.ascontiguousarray(
-            np.broadcast_to(v0[None, :, None], (batch, channels, current.shape[3])))
-        state["memory"] = np.zeros((batch, channels, current.shape[3]), dtype=np.int32)
-    out = np.empty((steps, batch, channels, current.shape[3]), dtype=np.float32)
-    snm_scan(current, not x.dynamic, theta, THETA_NEG_CODES[node.attrs["theta_neg"]],
-             node.attrs["max_spikes_per_step"], state["membrane"], state["memory"], out)
-    _count(state, spikes_sent(out, theta, node.attrs["max_spikes_per_step"]))
-    return Value(out.reshape(steps, batch, *node.shape), True)
-
-
-EXECUTORS: dict[str, Callable] = {
-    "conv": _run_conv,
-    "gemm": _run_gemm,
-    "affine": _run_affine,
-    "add": _run_add,
-    "avgpool": _run_avgpool,
-    "global_avgpool": _run_global_avgpool,
-    "maxpool": _run_maxpool,
-    "reshape": _run_reshape,
-    "snm": _run_snm,
-    "snm_clip": run_tracking,
-    "snm_leaky": run_tracking,
-    "concat": run_concat,
-    "transpose": run_transpose,
-    "pad": run_pad,
-    "resize": run_resize,
-    "reduce": run_reduce,
-    "analog": run_analog,
-}
-
 
 # --------------------------------------------------------------------------- engine
 
@@ -282,10 +68,11 @@ class SpikingNetwork:
 
     Args:
         program: The compiled program (see :func:`snncompiler.runtime.load`).
-        memory_budget: Bytes of activations one time chunk may use; sets the default chunk.
-        executor: ``"auto"`` (the fused executor when every dynamic op has a fused kernel,
-            else the node executor), ``"fused"`` (required) or ``"nodes"``. Both give the
-            same results up to float rounding (they add in a different order).
+        memory_budget: Bytes of activations one time chunk may use (see
+            :meth:`chunk_shape`); sets the default chunk.
+        executor: ``"auto"`` or ``"fused"`` (the same: the fused executor runs every op),
+            or ``"nodes"``: the node executor, the slower numpy reference for tests. They
+            give the same results up to float rounding where they add in another order.
 
     Example:
         >>> net = SpikingNetwork(program)
@@ -300,12 +87,7 @@ class SpikingNetwork:
         self.program = program
         self.memory_budget = _positive_int("memory_budget", memory_budget)
         self._plan()
-        supported = fused.supports(program, self._dynamic)
-        if executor == "fused" and not supported:
-            ops = sorted({n.op for n in self._dynamic_nodes if n.op not in fused.FUSED_OPS})
-            raise InputError(f"the fused executor has no kernel for {', '.join(ops)}; "
-                             "use executor='nodes' or 'auto'")
-        self.executor = "fused" if supported and executor != "nodes" else "nodes"
+        self.executor = "nodes" if executor == "nodes" else "fused"
         self._fused_plans: dict[bool, fused.FusedPlan] = {}
         self._scratch: dict[str, np.ndarray] | None = None  # per-block rows of the kernels
         self.parameter_row = nearest_calibrated(program.timesteps, program.default_timesteps)
@@ -318,15 +100,15 @@ class SpikingNetwork:
         shapes = {spec.name: tuple(spec.shape) for spec in program.inputs}
         dynamic = {spec.name: False for spec in program.inputs}
         for node in program.nodes:
-            if node.op not in EXECUTORS:
-                raise InputError(f"node {node.name!r}: unknown op {node.op!r}")
+            if node.op not in OPS:
+                raise InputError(f"node {node.name!r}: unknown op {node.op!r}; known ops: "
+                                 f"{', '.join(sorted(OPS))}")
             shape = infer_shape(node, [shapes[name] for name in node.inputs])
             if tuple(node.shape) != shape:
                 raise InputError(f"node {node.name!r}: stored shape {list(node.shape)} "
                                  f"but its inputs give {list(shape)}")
             shapes[node.output] = shape
-            spiking = getattr(OPS[node.op], "spiking", node.op == "snm")
-            dynamic[node.output] = spiking or any(dynamic[n] for n in node.inputs)
+            dynamic[node.output] = OPS[node.op].spiking or any(dynamic[n] for n in node.inputs)
         self._shapes = shapes
         self._dynamic = dynamic
         self._static_nodes = [n for n in program.nodes if not dynamic[n.output]]
@@ -352,19 +134,28 @@ class SpikingNetwork:
     def timesteps_calibrated(self) -> list[int]:
         return list(self.program.timesteps)
 
-    def default_chunk(self, batch: int, *, observer: bool = False) -> int:
-        """Time steps per chunk so that one chunk's activations fit the memory budget.
+    def chunk_shape(self, batch: int, *, observer: bool = False,
+                    time_chunk: int | None = None) -> tuple[int, int]:
+        """(steps, samples) of one time chunk, so that what a chunk holds fits the budget.
 
-        The node executor keeps a few tensors of the largest size per step; the fused
-        executor keeps only the readout (and, for an observer, every node's output).
+        The fused executor holds, per step and sample of a chunk, a readout row and, for an
+        observer, a record row: every dynamic node's output. A chunk covers the whole batch
+        for as many steps as fit (``time_chunk``, when given); with an observer, fewer
+        samples when even that does not fit. The node executor keeps a few tensors of the
+        largest size per step and sample, always for the whole batch (and, for an observer,
+        every node's output of the chunk: it is the reference for tests, not bounded).
         """
         if self.executor == "fused":
             plan = self._fused_plan(observer)
-            per_step = 4 * batch * (plan.readout_size + plan.record_size)
-        else:
-            # A few live tensors of the largest size at once (input, output, scratch).
-            per_step = 4 * batch * self._largest_sample * 4
-        return max(1, self.memory_budget // max(per_step, 1))
+            per_sample_step = 4 * (plan.readout_size + plan.record_size)
+        else:  # a few live tensors of the largest size at once (input, output, scratch)
+            per_sample_step = 4 * 4 * self._largest_sample
+        per_sample_step = max(per_sample_step, 1)
+        steps = time_chunk or max(1, self.memory_budget // (per_sample_step * batch))
+        samples = batch
+        if observer and self.executor == "fused":
+            samples = min(batch, max(1, self.memory_budget // (per_sample_step * steps)))
+        return steps, samples
 
     # ----------------------------------------------------------------- state
     def reset(self) -> None:
@@ -402,6 +193,29 @@ class SpikingNetwork:
             if "count" in self._state[node.name]:
                 counted[node.name] = np.asarray(self._state[node.name]["count"], np.int64)
         return counted
+
+    def net_spikes(self) -> dict[str, np.ndarray]:
+        """Every neuron layer's net spike count since :meth:`reset`, per neuron:
+        ``{node name: (N, *shape) int32}``.
+
+        A neuron sends ``+-theta`` per spike, so its output summed over the steps run is its
+        threshold times this count: what the layer sent, without observing every step.
+        """
+        found = {}
+        neurons = self.program.neuron_nodes()
+        if self._fused_state is not None:
+            plan = self._fused_plan(False)  # the state layout does not depend on recording
+            istate = self._fused_state["istate"]
+            for node in neurons:
+                offset = plan.memories[node.name]
+                size = math.prod(node.shape)
+                found[node.name] = fused.from_storage(
+                    istate[:, offset:offset + size], tuple(node.shape)).copy()
+        for node in neurons:
+            memory = self._state[node.name].get("memory")
+            if memory is not None:
+                found[node.name] = memory.reshape(len(memory), *node.shape).copy()
+        return found
 
     # ----------------------------------------------------------------- feeding
     def _feeds(self, inputs) -> dict[str, np.ndarray]:
@@ -444,16 +258,29 @@ class SpikingNetwork:
             if observer is not None:
                 observer(node, values[node.output], self.t)
 
+    def _static_values(self, feeds, observer=None) -> dict[str, Value]:
+        values = {name: Value(array, False) for name, array in feeds.items()}
+        self._execute(self._static_nodes, values, observer)
+        return values
+
+    # ----------------------------------------------------------------- node executor
     def _chunk(self, static: dict[str, Value], steps: int, observer=None) -> dict[str, Value]:
         self.chunk_steps = steps
         values = dict(static)
         self._execute(self._dynamic_nodes, values, observer)
         return values
 
-    def _static_values(self, feeds, observer=None) -> dict[str, Value]:
-        values = {name: Value(array, False) for name, array in feeds.items()}
-        self._execute(self._static_nodes, values, observer)
-        return values
+    def _run_nodes(self, feeds, steps: int, time_chunk: int | None, observer) -> dict:
+        chunk, _ = self.chunk_shape(next(iter(feeds.values())).shape[0], time_chunk=time_chunk)
+        static = self._static_values(feeds, observer)
+        outputs = {spec.name: [] for spec in self.program.outputs}
+        while self.t < steps:
+            todo = min(chunk, steps - self.t)
+            values = self._chunk(static, todo, observer)
+            for name in outputs:
+                outputs[name].append(self._readout(values[name], name, todo))
+            self.t += todo
+        return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
     def _readout(self, value: Value, name: str, steps: int) -> np.ndarray:
         """Readout after each step of the chunk: running sum over all steps so far / t."""
@@ -501,8 +328,9 @@ class SpikingNetwork:
         return state
 
     def _fused_steps(self, plan: fused.FusedPlan, rows: np.ndarray, readout: np.ndarray,
-                     record: np.ndarray) -> None:
-        """Advances the fused executor by ``readout.shape[0]`` steps from step ``self.t``."""
+                     record: np.ndarray, first: int = 0) -> None:
+        """Advances samples ``first .. first + readout.shape[1] - 1`` of the batch whose
+        static rows are ``rows`` by ``readout.shape[0]`` steps from step ``self.t``."""
         batch = rows.shape[0]
         # run() resets first and step() refuses a batch that differs from its earlier steps,
         # so the state, when there is one, is this batch's.
@@ -511,48 +339,62 @@ class SpikingNetwork:
             state = self._fresh_fused_state(plan, batch)
         counts = state["counts"].setdefault(
             id(plan), (plan, np.zeros((batch, len(plan.ops)), dtype=np.int64)))[1]
-        blocks = min(batch, BLOCKS_PER_THREAD * numba.get_num_threads())
-        if self._scratch is None or self._scratch["arena"].shape[0] != blocks or any(
+        samples = slice(first, first + readout.shape[1])
+        blocks = min(readout.shape[1], kernels.BLOCKS_PER_THREAD * numba.get_num_threads())
+        if self._scratch is None or self._scratch["arena"].shape[0] < blocks or any(
                 self._scratch[k].shape[1] < size for k, size in plan.scratch.items()):
             self._scratch = {name: np.zeros((blocks, plan.scratch[name]),
                                             dtype=fused.SCRATCH_DTYPES[name])
                              for name in fused.SCRATCH}
-        scratch = [self._scratch[name] for name in fused.SCRATCH]
+        scratch = [self._scratch[name][:blocks] for name in fused.SCRATCH]
         # Blocks are handed to threads one at a time, so a thread slowed down by another
         # process does not hold the others up; results never depend on it.
         with numba.parallel_chunksize(1):
-            kernels.run_steps(plan.ops, plan.params, plan.dparams, plan.index, plan.every, rows,
-                              state["fstate"], state["istate"], state["dstate"],
-                              self.parameter_row, self.t, readout, record, *scratch, counts)
+            kernels.run_steps(plan.ops, plan.params, plan.dparams, plan.index, plan.every,
+                              rows[samples], state["fstate"][samples],
+                              state["istate"][samples], state["dstate"][samples],
+                              self.parameter_row, self.t, readout, record, *scratch,
+                              counts[samples])
 
-    def _run_fused(self, feeds, steps: int, chunk: int | None, observer) -> dict:
+    def _run_fused(self, feeds, steps: int, time_chunk: int | None, observer) -> dict:
         plan = self._fused_plan(observer is not None)
         static = self._static_values(feeds, observer)
         batch = next(iter(feeds.values())).shape[0]
         rows = self._static_rows(plan, static, batch)
-        chunk = chunk or self.default_chunk(batch, observer=observer is not None)
+        chunk, samples = self.chunk_shape(batch, observer=observer is not None,
+                                          time_chunk=time_chunk)
         readout = np.empty((steps, batch, plan.readout_size), dtype=np.float32)
         while self.t < steps:
             todo = min(chunk, steps - self.t)
             self.chunk_steps = todo
-            record = np.empty((todo, batch, plan.record_size), dtype=np.float32)
-            self._fused_steps(plan, rows, readout[self.t:self.t + todo], record)
-            if observer is not None:
-                self._observe_record(plan, record, observer)
+            for first in range(0, batch, samples):
+                block = slice(first, min(batch, first + samples))
+                count = block.stop - first
+                # The kernel writes a contiguous readout: the chunk's rows of the whole
+                # batch, or of a block of it copied in after.
+                out = (readout[self.t:self.t + todo] if count == batch else
+                       np.empty((todo, count, plan.readout_size), dtype=np.float32))
+                record = np.empty((todo, count, plan.record_size), dtype=np.float32)
+                self._fused_steps(plan, rows, out, record, first)
+                if count < batch:
+                    readout[self.t:self.t + todo, block] = out
+                if observer is not None:
+                    self._observe_record(plan, record, observer, block)
             self.t += todo
         return self._fused_outputs(plan, readout, static)
 
-    def _observe_record(self, plan: fused.FusedPlan, record: np.ndarray, observer) -> None:
+    def _observe_record(self, plan: fused.FusedPlan, record: np.ndarray, observer,
+                        samples: slice) -> None:
         steps, batch = record.shape[:2]
         recorded: dict[str, np.ndarray] = {}
         for node in self._dynamic_nodes:
-            if node.op == "reshape":
-                data = recorded[node.inputs[0]].reshape(steps, batch, *node.shape)
-            else:
+            if node.name in plan.record:
                 column, size = plan.record[node.name]
                 data = fused.from_storage(record[:, :, column:column + size], node.shape)
+            else:  # a free reshape: no row of its own
+                data = recorded[node.inputs[0]].reshape(steps, batch, *node.shape)
             recorded[node.output] = data
-            observer(node, Value(data, True), self.t)
+            observer(node, Value(data, True, samples), self.t)
 
     def _fused_outputs(self, plan: fused.FusedPlan, readout: np.ndarray,
                        static: dict[str, Value]) -> dict[str, np.ndarray]:
@@ -585,7 +427,11 @@ class SpikingNetwork:
             parameters_for: Use the neuron parameters calibrated for this T (default: the
                 calibrated T closest to ``timesteps``).
             observer: Optional ``f(node, value, t0)`` called with every node's output of
-                every chunk (for diagnostics); ``value.data`` is (Tc, N, ...) if dynamic.
+                every chunk (for diagnostics), in node order: ``value.data`` is (N, ...) if
+                static (once), else (Tc, n, ...), the steps ``t0 ..`` of the samples
+                ``value.samples`` of the batch: the whole batch unless one step of every
+                node's output for it does not fit the memory budget (see
+                :meth:`chunk_shape`); then, for each time chunk, blocks of samples in order.
 
         Returns:
             For a single-output network, an array (timesteps, N, ...): the readout after each
@@ -609,19 +455,8 @@ class SpikingNetwork:
         self.select_parameters(steps if parameters_for is None else parameters_for)
         self.reset()
         self._batch = batch
-        if self.executor == "fused":
-            result = self._run_fused(feeds, steps, time_chunk, observer)
-            return next(iter(result.values())) if len(result) == 1 else result
-        chunk = time_chunk or self.default_chunk(batch)
-        static = self._static_values(feeds, observer)
-        outputs = {spec.name: [] for spec in self.program.outputs}
-        while self.t < steps:
-            todo = min(chunk, steps - self.t)
-            values = self._chunk(static, todo, observer)
-            for name in outputs:
-                outputs[name].append(self._readout(values[name], name, todo))
-            self.t += todo
-        result = {name: np.concatenate(parts) for name, parts in outputs.items()}
+        run = self._run_fused if self.executor == "fused" else self._run_nodes
+        result = run(feeds, steps, time_chunk, observer)
         return next(iter(result.values())) if len(result) == 1 else result
 
     def step(self, inputs):

@@ -1,18 +1,20 @@
 """The fused executor's plan: the time-dependent part of a program as arrays.
 
-The engine's node executor runs one node at a time over a whole time chunk of the batch,
-so every activation of the chunk travels through main memory between nodes. The fused
-executor instead runs every dynamic node for one sample and one step, then the next step,
+The fused executor runs every dynamic node for one sample and one step, then the next step,
 then the next sample (:func:`snncompiler.runtime.kernels.run_steps`): a sample's state and
 activations stay in the cache, nothing is allocated per step, and linear ops on spikes are
-event-driven (see :mod:`snncompiler.runtime.kernels`).
+event-driven (see :mod:`snncompiler.runtime.kernels`). It runs every op of the schema.
 
 :func:`plan` turns a program into that form once: one integer row per op, a float32
-parameter block (weights rearranged for the kernels), a float64 one (the tracking
-neurons' parameters, as the node executor reads them), and the offset of every tensor in a
-per-sample arena (a slot is reused once its tensor is dead), in the static row or in the
-state rows. Tensors of rank 3 are stored channels-last (:func:`storage_order`); a
-``reshape`` costs nothing when both sides keep their logical order, else it is a gather.
+parameter block (weights rearranged for the kernels), a float64 one (the parameters of the
+tracking neurons and of the analog functions, as the node executor reads them), int64
+index maps, and the offset of every tensor in a per-sample arena (a slot is reused once its
+tensor is dead), in the static row or in the state rows. Each op has one emitter that
+writes its rows (:data:`EMITTERS`); the index maps (concat, transpose, pad, resize, reduce)
+share one, which lays out the op's :class:`snncompiler.runtime.shape_ops.LinearMap` as
+``WEIGHTED_GATHER`` rows. Tensors of rank 3 are stored channels-last
+(:func:`storage_order`); a ``reshape`` costs nothing when both sides store in the same
+order, else it is a gather.
 """
 
 from __future__ import annotations
@@ -23,13 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from snncompiler.runtime import kernels as K
+from snncompiler.runtime.analog import ALONG_AXIS, FUNCTION_CODES
 from snncompiler.runtime.linear import avgpool_divisor
 from snncompiler.runtime.neuron_variants import tracking_parameters
 from snncompiler.runtime.neurons import THETA_NEG_CODES
-
-FUSED_OPS = frozenset({"conv", "gemm", "affine", "add", "avgpool", "global_avgpool", "maxpool",
-                       "reshape", "snm", "snm_clip", "snm_leaky"})
-"""The ops the fused executor runs; a program with another dynamic op uses the node path."""
+from snncompiler.runtime.shape_ops import LINEAR_MAPS, LinearMap, identity_map
 
 LISTING_NEURONS = frozenset({"snm", "snm_clip", "snm_leaky"})
 """Neuron ops whose kernels can list their spikes as they send them (see _listed_spikes)."""
@@ -96,17 +96,20 @@ class FusedPlan:
     Attributes:
         ops: (n_ops, kernels.ROW) int64 op rows.
         op_nodes: The node each op row belongs to.
-        params: float32 parameters; dparams: float64 parameters (tracking neurons);
-            index: int64 index maps.
+        params: float32 parameters; dparams: float64 parameters (tracking neurons, analog
+            functions); index: int64 index maps (gathers, broadcasting, analog lines).
         every: uint32 0, 1, 2, ...: the event list of a dense input (kernels.conv_events).
         static: Static tensors the dynamic nodes read: name -> (offset, size) in the row.
         static_size: Length of a static row.
-        scratch: Length of each per-block scratch row, by name (see kernels.run_steps).
+        scratch: Length of each per-block scratch row, by name (see kernels.run_steps;
+            ``arena`` holds the tensors of one sample and step).
         state_sizes: Lengths of the fstate, istate and dstate rows.
         membranes: (offset in fstate, v0 (rows, C), shape) of every SNM layer (the
             tracking neurons read their v0 at every step and start from zero state).
         readout: Output name -> (column, size) in the readout row (storage order).
         record: Node name -> (column, size) in the record row (when planned with record).
+        memories: Neuron node name -> offset in istate of its net spike counts (storage
+            order, the node's size).
     """
 
     ops: np.ndarray
@@ -120,17 +123,19 @@ class FusedPlan:
     scratch: dict[str, int]
     state_sizes: tuple[int, int, int]
     membranes: list[tuple[int, np.ndarray, tuple]] = field(default_factory=list)
+    memories: dict[str, int] = field(default_factory=dict)
     readout: dict[str, tuple[int, int]] = field(default_factory=dict)
     readout_size: int = 0
     record: dict[str, tuple[int, int]] = field(default_factory=dict)
     record_size: int = 0
 
 
-SCRATCH = ("arena", "acc", "events", "starts", "runs_at", "taps", "best", "listed_events",
-           "listed_starts")
+SCRATCH = ("arena", "acc", "events", "starts", "runs_at", "taps", "best", "line",
+           "listed_events", "listed_starts")
 SCRATCH_DTYPES = {"arena": np.float32, "acc": np.float32, "events": np.uint32,
                   "starts": np.uint64, "runs_at": np.uint64, "taps": np.int64,
-                  "best": np.float64, "listed_events": np.uint32, "listed_starts": np.uint64}
+                  "best": np.float64, "line": np.float64, "listed_events": np.uint32,
+                  "listed_starts": np.uint64}
 
 
 class _Arena:
@@ -150,11 +155,6 @@ class _Arena:
         self.live.append((offset, size, last))
         self.size = max(self.size, offset + size)
         return offset
-
-
-def supports(program, dynamic: dict[str, bool]) -> bool:
-    """Whether every dynamic node of ``program`` has a fused kernel."""
-    return all(node.op in FUSED_OPS for node in program.nodes if dynamic[node.output])
 
 
 def conv_weight_layout(weight: np.ndarray, group: int) -> np.ndarray:
@@ -213,8 +213,14 @@ def per_neuron(values: np.ndarray, shape) -> np.ndarray:
     return logical[:, storage_order(shape)]
 
 
+def _in_logical_order(shape: tuple) -> bool:
+    """Whether a tensor's storage order is its logical order (not rank 3, or (C, 1, 1)...)."""
+    return len(shape) != 3 or np.array_equal(storage_order(shape), np.arange(math.prod(shape)))
+
+
 def _reshape_is_free(source: tuple, target: tuple) -> bool:
-    return source == target or (len(source) != 3 and len(target) != 3)
+    """A reshape shares its input's slot when both sides store in the same order."""
+    return source == target or (_in_logical_order(source) and _in_logical_order(target))
 
 
 def _broadcast_index(shape: tuple, out: tuple) -> np.ndarray:
@@ -227,9 +233,10 @@ def _broadcast_index(shape: tuple, out: tuple) -> np.ndarray:
 
 
 class _Builder:
-    """Accumulates op rows, parameters, index maps and state and scratch sizes."""
+    """Accumulates op rows, parameters, index maps and state and scratch sizes, with what an
+    emitter needs to know of the rest of the plan (see :data:`EMITTERS`)."""
 
-    def __init__(self):
+    def __init__(self, root: dict[str, str], producers: dict):
         self.rows: list[list[int]] = []
         self.op_nodes: list[str] = []
         self.params: list[np.ndarray] = []
@@ -241,9 +248,13 @@ class _Builder:
         self.state = [0, 0, 0]
         self.scratch = dict.fromkeys(SCRATCH, 1)
         self.membranes: list[tuple[int, np.ndarray, tuple]] = []
-        self.snm_memory: dict[str, int] = {}  # SNM node -> offset of its counts in istate
+        self.memories: dict[str, int] = {}  # neuron node -> offset of its counts in istate
         self.lists: dict[str, tuple[int, int, int]] = {}  # neuron output -> its event list
         self.every = 1  # length of the dense event list 0, 1, 2, ...
+        self.root = root  # a free reshape's output -> the tensor whose slot it shares
+        self.producers = producers  # dynamic tensor -> its node
+        self.arena = _Arena()
+        self.position = 0  # of the node being emitted
 
     def param(self, array) -> int:
         array = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
@@ -267,6 +278,14 @@ class _Builder:
         """Reserves ``size`` values of state: 0 float32, 1 int32, 2 float64."""
         self.state[kind] += size
         return self.state[kind] - size
+
+    def temporary(self, size: int) -> Slot:
+        """An arena slot for a value that only the node being emitted uses."""
+        return Slot(0, self.arena.allocate(size, self.position, self.position), size)
+
+    def listed(self, tensor: str) -> tuple[int, int, int] | None:
+        """Where the event list of ``tensor`` is, when a neuron layer writes one."""
+        return self.lists.get(self.root.get(tensor, tensor))
 
     def event_list(self, tensor: str, size: int, pixels: int) -> None:
         """Reserves an event list of ``tensor`` (``size`` entries over ``pixels`` pixels)
@@ -301,7 +320,7 @@ def plan(program, shapes: dict[str, tuple], dynamic: dict[str, bool], *,
     """Lays out the dynamic nodes of ``program`` for the fused executor.
 
     Args:
-        program: The program; every dynamic node's op must be in :data:`FUSED_OPS`.
+        program: The program (every op of the schema has an emitter, :data:`EMITTERS`).
         shapes: Per-sample shape of every tensor; dynamic: whether each tensor is dynamic.
         record: Add RECORD rows so that every dynamic node's output of every step is kept
             (for an observer). The state and arena layouts do not depend on it.
@@ -327,10 +346,9 @@ def plan(program, shapes: dict[str, tuple], dynamic: dict[str, bool], *,
                 static[name] = (static_size, size_of[name])
                 static_size += size_of[name]
 
-    arena = _Arena()
     slots: dict[str, Slot] = {}
-    build = _Builder()
     producers = {node.output: node for node in nodes}
+    build = _Builder(root, producers)
     for name in _listed_spikes(nodes, root, shapes, producers):
         shape = tuple(shapes[name])
         build.event_list(name, size_of[name], shape[1] * shape[2] if len(shape) == 3 else 1)
@@ -339,24 +357,17 @@ def plan(program, shapes: dict[str, tuple], dynamic: dict[str, bool], *,
     recorded: dict[str, tuple[int, int]] = {}
     record_size = 0
     for position, node in enumerate(nodes):
+        build.position = position
         ins = [slots[name] if name in slots else Slot(1, *static[name]) for name in node.inputs]
         if node.output in root:
             slots[node.output] = ins[0]
         else:
             last = max(last_read.get(node.output, position), position)
-            out = Slot(0, arena.allocate(size_of[node.output], position, last),
+            out = Slot(0, build.arena.allocate(size_of[node.output], position, last),
                        size_of[node.output])
             slots[node.output] = out
-            in_shapes = [tuple(shapes[name]) for name in node.inputs]
-            if node.op == "gemm" and len(in_shapes[0]) == 3:
-                # gemm reads its input in logical order: gather it out of channels-last.
-                plain = Slot(0, arena.allocate(ins[0].size, position, position), ins[0].size)
-                order = storage_position(in_shapes[0])[np.arange(ins[0].size)]
-                build.emit(K.GATHER, node.name, ins[:1], plain,
-                           [ins[0].size, build.indices(order)])
-                ins = [plain]
-            source = root.get(node.inputs[0], node.inputs[0]) if node.inputs else None
-            _emit(build, node, in_shapes, ins, out, producers, build.lists.get(source))
+            EMITTERS[node.op](build, node, [tuple(shapes[name]) for name in node.inputs], ins,
+                              out)
             if record:
                 recorded[node.name] = (record_size, out.size)
                 build.emit(K.RECORD, node.name, [out], Slot(0, 0, out.size), [record_size])
@@ -367,7 +378,7 @@ def plan(program, shapes: dict[str, tuple], dynamic: dict[str, bool], *,
             build.emit(K.READOUT, node.name, [out], Slot(0, 0, out.size),
                        [build.take(2, out.size), readout_size])
             readout_size += out.size
-    build.need(arena=arena.size)
+    build.need(arena=build.arena.size)
     return FusedPlan(
         ops=np.array(build.rows, dtype=np.int64).reshape(-1, K.ROW),
         op_nodes=build.op_nodes,
@@ -380,6 +391,7 @@ def plan(program, shapes: dict[str, tuple], dynamic: dict[str, bool], *,
         scratch=build.scratch,
         state_sizes=tuple(build.state),
         membranes=build.membranes,
+        memories=build.memories,
         readout=readout,
         readout_size=readout_size,
         record=recorded,
@@ -415,114 +427,74 @@ def _listed_spikes(nodes, root: dict[str, str], shapes: dict[str, tuple],
     return listed
 
 
-def _spike_counts(node, producers, build: _Builder) -> tuple[int, np.ndarray] | None:
-    """(memory offset, theta) of the SNM layer a max pool reads, when the pool can work on
-    its spike counts (see kernels.maxpool_spikes_step); else None."""
-    source = producers.get(node.inputs[0])
-    if source is None or source.op != "snm" or source.attrs["max_spikes_per_step"] > 2:
-        return None
-    theta = source.arrays["theta"]
-    if not np.all(theta > 0):
-        return None
-    return build.snm_memory[source.name], theta
+# --------------------------------------------------------------------------- emitters
+# One function per op, ``(builder, node, input shapes, input slots, output slot)``, appends
+# the op's rows; EMITTERS at the end says which is whose. The node is dynamic, and not a
+# free reshape (that shares its input's slot and has no row).
 
 
-def _emit(build: _Builder, node, in_shapes: list[tuple], ins: list[Slot], out: Slot,
-          producers: dict, listed: tuple[int, int, int] | None) -> None:
-    """Appends the op row of one dynamic node that is not a free reshape.
+def _read_list(build: _Builder, tensor: str) -> list[int]:
+    """Offsets of the event list and starts a conv or gemm reads its input from (-1: none,
+    the kernel lists its input itself)."""
+    listed = build.listed(tensor)
+    return [listed[0], listed[1]] if listed is not None else [-1, -1]
 
-    ``listed``: where the event list of the node's first input is, when a neuron layer
-    writes one (see :func:`_listed_spikes`).
-    """
-    read_list = [listed[0], listed[1]] if listed is not None else [-1, -1]
+
+def _emit_conv(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> None:
     a = node.attrs
     shape = tuple(node.shape)
+    channels, height, width = in_shapes[0]
+    weight = node.arrays["weight"]
+    out_channels, _, kh, kw = weight.shape
+    group = a["group"]
+    p = [channels, height, width, out_channels, kh, kw, *a["strides"], a["pads"][0],
+         a["pads"][1], *a["dilations"], group, shape[1], shape[2],
+         build.param(conv_weight_layout(weight, group)), build.param(node.arrays["bias"])]
+    if group == 1:
+        build.need(events=channels * height * width, starts=height * width + 1,
+                   runs_at=2 * kh * kw, taps=kh * kw)
+        _check_listable(node.inputs[0], channels * height * width)
+        build.every = max(build.every, channels * height * width)
+        build.emit(K.CONV, node.name, ins, out,
+                   p + _read_list(build, node.inputs[0])
+                   + [dense_from(channels, height, width, out_channels, (kh, kw),
+                                 a["strides"])])
+    elif K.is_depthwise(channels, out_channels, group):
+        build.need(starts=height * width + 1, taps=2 * kh * kw)
+        build.emit(K.CONV_GROUPED, node.name, ins, out, p)
+    else:
+        build.need(acc=out.size)
+        build.emit(K.CONV_GROUPED, node.name, ins, out, p)
+
+
+def _emit_gemm(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> None:
     in_shape = in_shapes[0]
-    if node.op == "conv":
-        channels, height, width = in_shape
-        weight = node.arrays["weight"]
-        out_channels, _, kh, kw = weight.shape
-        group = a["group"]
-        p = [channels, height, width, out_channels, kh, kw, *a["strides"], a["pads"][0],
-             a["pads"][1], *a["dilations"], group, shape[1], shape[2],
-             build.param(conv_weight_layout(weight, group)), build.param(node.arrays["bias"])]
-        if group == 1:
-            build.need(events=channels * height * width, starts=height * width + 1,
-                       runs_at=2 * kh * kw, taps=kh * kw)
-            _check_listable(node.inputs[0], channels * height * width)
-            build.every = max(build.every, channels * height * width)
-            build.emit(K.CONV, node.name, ins, out,
-                       p + read_list + [dense_from(channels, height, width, out_channels,
-                                                   (kh, kw), a["strides"])])
-        elif K.is_depthwise(channels, out_channels, group):
-            build.need(starts=height * width + 1, taps=2 * kh * kw)
-            build.emit(K.CONV_GROUPED, node.name, ins, out, p)
-        else:
-            build.need(acc=out.size)
-            build.emit(K.CONV_GROUPED, node.name, ins, out, p)
-    elif node.op == "gemm":
-        n_in, n_out = node.arrays["weight"].shape
-        build.need(events=n_in, starts=2, runs_at=2, taps=1)
-        build.emit(K.GEMM, node.name, ins, out,
-                   [math.prod(in_shape[:-1]), n_in, n_out, build.param(node.arrays["weight"]),
-                    build.param(node.arrays["bias"]), *read_list])
-    elif node.op == "snm":
-        membrane = build.take(0, out.size)
-        build.membranes.append((membrane, node.arrays["v0"], shape))
-        build.snm_memory[node.name] = build.take(1, out.size)
-        writes = build.lists.get(node.output, (-1, -1, 1))
-        build.emit(K.SNM, node.name, ins, out,
-                   [build.param(per_neuron(node.arrays["theta"], shape)),
-                    THETA_NEG_CODES[a["theta_neg"]], a["max_spikes_per_step"], membrane,
-                    build.snm_memory[node.name], *writes])
-    elif node.op in ("snm_clip", "snm_leaky"):
-        _emit_tracking(build, node, ins, out)
-    elif node.op == "maxpool":
-        channels, height, width = in_shape
-        geometry = [channels, height, width, *a["kernel"], *a["strides"], a["pads"][0],
-                    a["pads"][1], *a["dilations"], shape[1], shape[2]]
-        counts = _spike_counts(node, producers, build)
-        if counts is not None:
-            memory, theta = counts
-            build.need(taps=a["kernel"][0] * a["kernel"][1])
-            build.emit(K.MAXPOOL_SPIKES, node.name, ins, out,
-                       [*geometry, memory, build.take(0, out.size), build.param(theta)])
-        else:
-            build.need(best=channels)
-            build.emit(K.MAXPOOL, node.name, ins, out,
-                       [*geometry, build.take(2, channels * height * width),
-                        build.take(2, out.size)])
-    elif node.op == "avgpool":
-        channels, height, width = in_shape
-        divisor = avgpool_divisor((height, width), a["kernel"], a["strides"], a["pads"],
-                                  a["count_include_pad"], shape[1:])
-        build.emit(K.AVGPOOL, node.name, ins, out,
-                   [channels, height, width, *a["kernel"], *a["strides"], a["pads"][0],
-                    a["pads"][1], shape[1], shape[2], build.param(divisor)])
-    elif node.op == "global_avgpool":
-        build.emit(K.GLOBAL_AVGPOOL, node.name, ins, out,
-                   [in_shape[0], math.prod(in_shape[1:]), int(len(in_shape) == 3)])
-    elif node.op == "add":
-        where = -1
-        if in_shapes[0] != shape or in_shapes[1] != shape:
-            where = build.indices(np.concatenate([_broadcast_index(in_shapes[0], shape),
-                                                  _broadcast_index(in_shapes[1], shape)]))
-        build.emit(K.ADD, node.name, ins, out, [ins[0].size, ins[1].size, where])
-    elif node.op == "affine":
-        order = storage_order(shape)
-        scale = np.broadcast_to(node.arrays["scale"].astype(np.float32), shape).reshape(-1)
-        shift = np.broadcast_to(node.arrays["shift"].astype(np.float32), shape).reshape(-1)
-        build.emit(K.AFFINE, node.name, ins, out,
-                   [build.param(scale[order]), build.param(shift[order])])
-    elif node.op == "reshape":
-        # Same logical order on both sides, different storage: gather.
-        order = storage_position(in_shape)[storage_order(shape)]
-        build.emit(K.GATHER, node.name, ins, out, [ins[0].size, build.indices(order)])
-    else:  # pragma: no cover - guarded by supports()
-        raise ValueError(f"node {node.name!r}: no fused kernel for op {node.op!r}")
+    read_list = _read_list(build, node.inputs[0])
+    if len(in_shape) == 3:
+        # gemm reads its input in logical order: gather it out of channels-last.
+        plain = build.temporary(ins[0].size)
+        _emit_linear(build, node.name, [identity_map((ins[0].size,))], in_shapes, ins, plain)
+        ins = [plain]
+    n_in, n_out = node.arrays["weight"].shape
+    build.need(events=n_in, starts=2, runs_at=2, taps=1)
+    build.emit(K.GEMM, node.name, ins, out,
+               [math.prod(in_shape[:-1]), n_in, n_out, build.param(node.arrays["weight"]),
+                build.param(node.arrays["bias"]), *read_list])
 
 
-def _emit_tracking(build: _Builder, node, ins: list[Slot], out: Slot) -> None:
+def _emit_snm(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> None:
+    shape = tuple(node.shape)
+    membrane = build.take(0, out.size)
+    build.membranes.append((membrane, node.arrays["v0"], shape))
+    build.memories[node.name] = build.take(1, out.size)
+    writes = build.lists.get(node.output, (-1, -1, 1))
+    build.emit(K.SNM, node.name, ins, out,
+               [build.param(per_neuron(node.arrays["theta"], shape)),
+                THETA_NEG_CODES[node.attrs["theta_neg"]], node.attrs["max_spikes_per_step"],
+                membrane, build.memories[node.name], *writes])
+
+
+def _emit_tracking(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> None:
     """The TRACK row of a ``snm_clip`` or ``snm_leaky`` node: its per-channel parameters in
     float64, as the node executor reads them (neuron_variants.tracking_parameters), and
     zero state (a running sum and a spike count per neuron)."""
@@ -541,7 +513,176 @@ def _emit_tracking(build: _Builder, node, ins: list[Slot], out: Slot) -> None:
     p[K.TRACK_THETA_NEG] = THETA_NEG_CODES[node.attrs["theta_neg"]]
     p[K.TRACK_MAX_SPIKES] = node.attrs["max_spikes_per_step"]
     p[K.TRACK_RUNNING] = build.take(2, out.size)
-    p[K.TRACK_MEMORY] = build.take(1, out.size)
+    p[K.TRACK_MEMORY] = build.memories[node.name] = build.take(1, out.size)
     p[K.TRACK_LIST_EVENTS], p[K.TRACK_LIST_STARTS], p[K.TRACK_LIST_PIXELS] = (
         events, starts, pixels)
     build.emit(K.TRACK, node.name, ins, out, p)
+
+
+def _spike_counts(node, build: _Builder) -> tuple[int, np.ndarray] | None:
+    """(memory offset, theta) of the SNM layer a max pool reads, when the pool can work on
+    its spike counts (see kernels.maxpool_spikes_step); else None."""
+    source = build.producers.get(node.inputs[0])
+    if source is None or source.op != "snm" or source.attrs["max_spikes_per_step"] > 2:
+        return None
+    theta = source.arrays["theta"]
+    if not np.all(theta > 0):
+        return None
+    return build.memories[source.name], theta
+
+
+def _emit_maxpool(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> None:
+    a = node.attrs
+    shape = tuple(node.shape)
+    channels, height, width = in_shapes[0]
+    geometry = [channels, height, width, *a["kernel"], *a["strides"], a["pads"][0],
+                a["pads"][1], *a["dilations"], shape[1], shape[2]]
+    counts = _spike_counts(node, build)
+    if counts is not None:
+        memory, theta = counts
+        build.need(taps=a["kernel"][0] * a["kernel"][1])
+        build.emit(K.MAXPOOL_SPIKES, node.name, ins, out,
+                   [*geometry, memory, build.take(0, out.size), build.param(theta)])
+    else:
+        build.need(best=channels)
+        build.emit(K.MAXPOOL, node.name, ins, out,
+                   [*geometry, build.take(2, channels * height * width),
+                    build.take(2, out.size)])
+
+
+def _emit_avgpool(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> None:
+    a = node.attrs
+    shape = tuple(node.shape)
+    channels, height, width = in_shapes[0]
+    divisor = avgpool_divisor((height, width), a["kernel"], a["strides"], a["pads"],
+                              a["count_include_pad"], shape[1:])
+    build.emit(K.AVGPOOL, node.name, ins, out,
+               [channels, height, width, *a["kernel"], *a["strides"], a["pads"][0],
+                a["pads"][1], shape[1], shape[2], build.param(divisor)])
+
+
+def _emit_global_avgpool(build: _Builder, node, in_shapes, ins: list[Slot],
+                         out: Slot) -> None:
+    in_shape = in_shapes[0]
+    build.emit(K.GLOBAL_AVGPOOL, node.name, ins, out,
+               [in_shape[0], math.prod(in_shape[1:]), int(len(in_shape) == 3)])
+
+
+def _emit_add(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> None:
+    shape = tuple(node.shape)
+    where = -1
+    if in_shapes[0] != shape or in_shapes[1] != shape:
+        where = build.indices(np.concatenate([_broadcast_index(in_shapes[0], shape),
+                                              _broadcast_index(in_shapes[1], shape)]))
+    build.emit(K.ADD, node.name, ins, out, [ins[0].size, ins[1].size, where])
+
+
+def _emit_affine(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> None:
+    shape = tuple(node.shape)
+    order = storage_order(shape)
+    scale = np.broadcast_to(node.arrays["scale"].astype(np.float32), shape).reshape(-1)
+    shift = np.broadcast_to(node.arrays["shift"].astype(np.float32), shape).reshape(-1)
+    build.emit(K.AFFINE, node.name, ins, out,
+               [build.param(scale[order]), build.param(shift[order])])
+
+
+def _emit_reshape(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> None:
+    # Same logical order on both sides, different storage: a gather.
+    _emit_linear(build, node.name, [identity_map(tuple(node.shape))], in_shapes, ins, out)
+
+
+def _emit_index_map(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> None:
+    """concat, transpose, pad, resize, reduce: their linear maps (shape_ops.LINEAR_MAPS),
+    computed from their numpy references."""
+    _emit_linear(build, node.name, LINEAR_MAPS[node.op](node, in_shapes), in_shapes, ins, out)
+
+
+def _emit_linear(build: _Builder, name: str, stages: list[LinearMap], in_shapes, ins,
+                 out: Slot) -> None:
+    """The WEIGHTED_GATHER rows of linear maps that read the inputs ``ins`` (of logical
+    shapes ``in_shapes``), each stage the previous one's output, the last into ``out``."""
+    for k, stage in enumerate(stages):
+        target = out if k == len(stages) - 1 else build.temporary(math.prod(stage.shape))
+        _emit_gather(build, name, stage, in_shapes, ins, target)
+        in_shapes, ins = [stage.shape], [target]
+
+
+def _emit_gather(build: _Builder, name: str, lmap: LinearMap, in_shapes, ins,
+                 out: Slot) -> None:
+    """One WEIGHTED_GATHER row: ``lmap`` in storage order, its sources as addresses."""
+    addresses = np.empty(lmap.sources.size, dtype=np.int64)
+    for j, (shape, slot) in enumerate(zip(in_shapes, ins)):
+        mine = lmap.inputs == j
+        local = slot.offset + storage_position(shape)[lmap.sources[mine]]
+        addresses[mine] = local if slot.space == 0 else ~local
+    order = storage_order(lmap.shape)  # output k (storage) is output order[k] (logical)
+    p = [-1] * K.GATHER_SLOTS
+    if lmap.starts is None:
+        addresses = addresses[order]
+    else:
+        counts = np.diff(lmap.starts)[order]
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        terms = np.repeat(lmap.starts[:-1][order] - starts[:-1], counts) + np.arange(starts[-1])
+        addresses = addresses[terms]
+        p[K.GATHER_STARTS] = build.indices(starts)
+        if lmap.weights is not None:
+            p[K.GATHER_WEIGHTS] = build.param(lmap.weights[terms])
+        if lmap.bias is not None:
+            p[K.GATHER_BIAS] = build.param(lmap.bias[order])
+    p[K.GATHER_SOURCES] = build.indices(addresses)
+    p[K.GATHER_TERMS] = addresses.size
+    build.emit(K.WEIGHTED_GATHER, name, [], out, p)
+
+
+def _emit_analog(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> None:
+    """The ANALOG row: a float64 running sum of every dynamic input and y(t - 1) of every
+    output as state, as the node executor keeps them (analog.run_analog)."""
+    a = node.attrs
+    shape = tuple(node.shape)
+    p = [-1] * K.ANALOG_SLOTS
+    p[K.ANALOG_FUNCTION] = FUNCTION_CODES[a["function"]]
+    p[K.ANALOG_IN1_SIZE] = 0
+    for slot, size, sums in zip(ins, (K.ANALOG_IN0_SIZE, K.ANALOG_IN1_SIZE),
+                                (K.ANALOG_IN0_SUMS, K.ANALOG_IN1_SUMS)):
+        p[size] = slot.size
+        if slot.space == 0:  # dynamic (a static input's mean is itself)
+            p[sums] = build.take(2, slot.size)
+    p[K.ANALOG_PREVIOUS] = build.take(2, out.size)
+    if any(in_shape != shape for in_shape in in_shapes):
+        p[K.ANALOG_BROADCAST] = build.indices(np.concatenate(
+            [_broadcast_index(in_shape, shape) for in_shape in in_shapes]))
+    p[K.ANALOG_LENGTH] = 1
+    if a["function"] in ALONG_AXIS:
+        axis = a["axis"]
+        logical = np.moveaxis(np.arange(out.size).reshape(shape), axis, -1).reshape(-1)
+        p[K.ANALOG_LINES] = build.indices(storage_position(shape)[logical])
+        p[K.ANALOG_LENGTH] = shape[axis]
+        build.need(line=3 * shape[axis] + a["size"])
+    p[K.ANALOG_CONSTANTS] = build.dparam([a["alpha"], a["beta"], a["bias"]])
+    p[K.ANALOG_SIZE] = a["size"]
+    build.emit(K.ANALOG, node.name, ins, out, p)
+
+
+EMITTERS = {
+    "conv": _emit_conv,
+    "gemm": _emit_gemm,
+    "affine": _emit_affine,
+    "add": _emit_add,
+    "avgpool": _emit_avgpool,
+    "global_avgpool": _emit_global_avgpool,
+    "maxpool": _emit_maxpool,
+    "reshape": _emit_reshape,
+    "snm": _emit_snm,
+    "snm_clip": _emit_tracking,
+    "snm_leaky": _emit_tracking,
+    "concat": _emit_index_map,
+    "transpose": _emit_index_map,
+    "pad": _emit_index_map,
+    "resize": _emit_index_map,
+    "reduce": _emit_index_map,
+    "analog": _emit_analog,
+}
+"""Op -> the function that appends its rows to a plan: every op of the schema."""
+
+FUSED_OPS = frozenset(EMITTERS)
+"""The ops the fused executor runs: all of :data:`snncompiler.runtime.opset.OPS`."""

@@ -17,6 +17,29 @@ import numpy as np
 from snncompiler.runtime.opset import NEURON_OPS
 
 
+@dataclass
+class Value:
+    """A tensor during execution: ``data`` is (N, ...) if static, (Tc, N, ...) if dynamic.
+
+    ``samples`` says which samples of the batch ``data`` holds: all of them, except in the
+    values a run with an observer hands over when it splits the batch to keep its time
+    chunks within the memory budget (see ``SpikingNetwork.run``).
+    """
+
+    data: np.ndarray
+    dynamic: bool
+    samples: slice = field(default_factory=lambda: slice(None))
+
+    def folded(self, fn) -> Value:
+        """``fn``, a function of a batch ``(B, ...)``, applied to every step at once by
+        folding time into the batch."""
+        if not self.dynamic:
+            return Value(fn(self.data), False)
+        steps, batch = self.data.shape[:2]
+        out = fn(self.data.reshape(steps * batch, *self.data.shape[2:]))
+        return Value(out.reshape(steps, batch, *out.shape[1:]), True)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A graph input or output: name and per-sample shape (batch excluded)."""

@@ -9,11 +9,13 @@ program into arrays that these kernels read:
   in1 offset, out offset, out size, p0, p1, ...]``; the ``p`` are the op's own integers
   (shapes, geometry, offsets of its parameters and state), listed in :func:`_execute`;
 - ``params``: float32 weights, biases, thresholds, ...; ``dparams``: float64 parameters
-  of the tracking neurons (the values the node executor reads); ``index``: int64 index
-  maps;
+  of the tracking neurons and the analog functions (the values the node executor reads);
+  ``index``: int64 index maps (the linear maps of concat, transpose, pad, resize, reduce
+  and of reshapes between layouts; broadcasting);
 - per-sample state rows: ``fstate`` (membranes; max counts of the max pools on spikes),
   ``istate`` (spike counts), ``dstate`` (float64 running sums of the other max pools, of
-  the tracking neurons and of the readout);
+  the tracking neurons, of the analog ops' inputs and of the readout; the analog ops'
+  previous outputs);
 - per-block scratch rows (a block is a run of samples handled by one thread).
 
 An input lives in space 0 (this step's arena) or space 1 (the sample's static row: values
@@ -59,6 +61,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from snncompiler.runtime.analog import analog_step
 from snncompiler.runtime.neuron_variants import tracking_step
 from snncompiler.runtime.simd import (
     LANES,
@@ -77,7 +80,7 @@ from snncompiler.runtime.simd import (
 
 # Opcodes of the fused executor.
 (CONV, CONV_GROUPED, GEMM, AFFINE, ADD, AVGPOOL, GLOBAL_AVGPOOL, MAXPOOL, MAXPOOL_SPIKES, SNM,
- GATHER, READOUT, RECORD, TRACK) = range(14)
+ WEIGHTED_GATHER, READOUT, RECORD, TRACK, ANALOG) = range(15)
 
 # Columns of an ``ops`` row before the op's own integers.
 OPCODE, IN0_SPACE, IN0, IN1_SPACE, IN1, OUT, SIZE, P = range(8)
@@ -94,7 +97,28 @@ ROW = P + N_PARAMS
  TRACK_THETA_NEG, TRACK_MAX_SPIKES, TRACK_RUNNING, TRACK_MEMORY, TRACK_LIST_EVENTS,
  TRACK_LIST_STARTS, TRACK_LIST_PIXELS, TRACK_SLOTS) = range(14)
 
+# The op integers of WEIGHTED_GATHER (every linear index map: concat, transpose, pad,
+# resize, reduce, a reshape between layouts; shape_ops.LinearMap), by name: offsets in
+# ``index`` of the terms' source addresses (an address a >= 0 is arena[a], a < 0 is
+# static_row[~a], so that one row reads any number of inputs in either space) and of the
+# outputs' first terms (size + 1 of them; -1: one term per output, a plain gather), offsets
+# in ``params`` of the terms' weights (-1: all 1) and of a bias per output (-1: none); the
+# number of terms. GATHER_SLOTS: how many.
+(GATHER_SOURCES, GATHER_STARTS, GATHER_WEIGHTS, GATHER_BIAS, GATHER_TERMS,
+ GATHER_SLOTS) = range(6)
+
+# The op integers of ANALOG (analog.analog_step), by name: the function's code
+# (analog.FUNCTION_CODES); the sizes of its inputs (IN0, IN1; 0: no second input); offsets in
+# dstate of their running sums (-1: a static input) and of y(t - 1); offset in ``index`` of
+# each input's value for each output (2 x size: numpy broadcasting; -1: same shapes) and of
+# the lines along the axis (softmax, log_softmax, lrn; -1: elementwise) and their length;
+# offset in ``dparams`` of alpha, beta and bias; LRN's size. ANALOG_SLOTS: how many.
+(ANALOG_FUNCTION, ANALOG_IN0_SIZE, ANALOG_IN1_SIZE, ANALOG_IN0_SUMS, ANALOG_IN1_SUMS,
+ ANALOG_PREVIOUS, ANALOG_BROADCAST, ANALOG_LINES, ANALOG_LENGTH, ANALOG_CONSTANTS,
+ ANALOG_SIZE, ANALOG_SLOTS) = range(12)
+
 BLOCK = 32  # output channels kept in registers at once (four 8-lane vectors)
+BLOCKS_PER_THREAD = 4  # samples are split in this many blocks per thread (load balance)
 
 
 # --------------------------------------------------------------------------- linear ops
@@ -586,11 +610,32 @@ def add_broadcast(a, b, a_index, b_index, out):
         out[i] = a[a_index[i]] + b[b_index[i]]
 
 
+# The gathers read the value at a source address ``a`` as ``arena[a]`` for a >= 0, else
+# ``static_row[~a]``, written out in each loop: a helper taking the arrays costs ~20 ns a
+# call (numba counts references to its array arguments), twenty times the read itself.
+
+
 @njit(cache=True)
-def gather(x, index, out):
-    """``out[i] = x[index[i]]`` (reshape between layouts)."""
+def gather(arena, static_row, sources, out):
+    """``out[i] = value at sources[i]``: the values, bit for bit."""
     for i in range(out.size):
-        out[i] = x[index[i]]
+        a = sources[i]
+        out[i] = arena[a] if a >= 0 else static_row[~a]
+
+
+@njit(cache=True)
+def gather_sum(arena, static_row, sources, starts, weights, bias, out):
+    """``out[i] = bias[i] + sum of weights[k] * value at sources[k]`` over the terms
+    ``starts[i] .. starts[i + 1] - 1``, added in that order, in float32. Empty ``weights``:
+    all 1 (no multiplication); empty ``bias``: 0."""
+    weighted, biased = weights.size > 0, bias.size > 0
+    for i in range(out.size):
+        total = bias[i] if biased else np.float32(0.0)
+        for k in range(starts[i], starts[i + 1]):
+            a = sources[k]
+            value = arena[a] if a >= 0 else static_row[~a]
+            total += value * weights[k] if weighted else value
+        out[i] = total
 
 
 @njit(cache=True)
@@ -805,6 +850,30 @@ def _source(space, offset, size, arena, static_row):
     return static_row[offset:offset + size]
 
 
+@njit(cache=True, inline="always")
+def _optional(array, offset, size):
+    """``array[offset:offset + size]``, or an empty slice when ``offset`` is -1 (none)."""
+    return array[offset:offset + size] if offset >= 0 else array[:0]
+
+
+@njit(cache=True)
+def _analog(op, arena, static_row, index, dparams, dstate, line, elapsed):
+    """The ANALOG row: an analog function of the running means (analog.analog_step)."""
+    size = op[SIZE]
+    p = op[P:]
+    a = _source(op[IN0_SPACE], op[IN0], p[ANALOG_IN0_SIZE], arena, static_row)
+    b = _source(op[IN1_SPACE], op[IN1], p[ANALOG_IN1_SIZE], arena, static_row)
+    broadcast = _optional(index, p[ANALOG_BROADCAST], 2 * size)
+    constants = dparams[p[ANALOG_CONSTANTS]:p[ANALOG_CONSTANTS] + 3]
+    analog_step(p[ANALOG_FUNCTION], a, b, _optional(dstate, p[ANALOG_IN0_SUMS], a.size),
+                _optional(dstate, p[ANALOG_IN1_SUMS], b.size), broadcast[:size],
+                broadcast[size:], _optional(index, p[ANALOG_LINES], size), p[ANALOG_LENGTH],
+                constants[0], constants[1], constants[2], p[ANALOG_SIZE], elapsed,
+                dstate[p[ANALOG_PREVIOUS]:p[ANALOG_PREVIOUS] + size], line,
+                arena[op[OUT]:op[OUT] + size])
+    return 0
+
+
 @njit(cache=True)
 def _track(op, arena, static_row, dparams, istate, dstate, listed_events, listed_starts,
            param_row, elapsed):
@@ -833,8 +902,8 @@ def _track(op, arena, static_row, dparams, istate, dstate, listed_events, listed
 
 @njit(cache=True)
 def _execute(op, arena, static_row, params, dparams, index, every, fstate, istate, dstate,
-             acc, events, starts, runs_at, taps, best, listed_events, listed_starts, param_row,
-             elapsed, readout_row, record_row):
+             acc, events, starts, runs_at, taps, best, line, listed_events, listed_starts,
+             param_row, elapsed, readout_row, record_row):
     """Runs one op row for one sample and step; returns its additions or spikes (or 0)."""
     code = op[OPCODE]
     size = op[SIZE]
@@ -944,11 +1013,19 @@ def _execute(op, arena, static_row, params, dparams, index, every, fstate, istat
         x = _source(op[IN0_SPACE], op[IN0], p[0] * p[1], arena, static_row)
         global_avgpool(x, p[0], p[1], p[2] != 0, out)
         return 0
-    if code == GATHER:
-        # p: input size, index map
-        x = _source(op[IN0_SPACE], op[IN0], p[0], arena, static_row)
-        gather(x, index[p[1]:p[1] + size], out)
+    if code == WEIGHTED_GATHER:
+        terms = p[GATHER_TERMS]
+        sources = index[p[GATHER_SOURCES]:p[GATHER_SOURCES] + terms]
+        if p[GATHER_STARTS] < 0:
+            gather(arena, static_row, sources, out)
+        else:
+            gather_sum(arena, static_row, sources,
+                       index[p[GATHER_STARTS]:p[GATHER_STARTS] + size + 1],
+                       _optional(params, p[GATHER_WEIGHTS], terms),
+                       _optional(params, p[GATHER_BIAS], size), out)
         return 0
+    if code == ANALOG:
+        return _analog(op, arena, static_row, index, dparams, dstate, line, elapsed)
     if code == READOUT:
         # p: running sums (dstate), column. The running sum of a graph output (float64,
         # in step order) and its mean so far.
@@ -968,7 +1045,7 @@ def _execute(op, arena, static_row, params, dparams, index, every, fstate, istat
 
 @njit(cache=True, parallel=True)
 def run_steps(ops, params, dparams, index, every, static, fstate, istate, dstate, param_row,
-              t0, readout, record, arena, acc, events, starts, runs_at, taps, best,
+              t0, readout, record, arena, acc, events, starts, runs_at, taps, best, line,
               listed_events, listed_starts, counts):
     """Runs every op of ``ops`` for ``readout.shape[0]`` steps on every sample.
 
@@ -984,7 +1061,7 @@ def run_steps(ops, params, dparams, index, every, static, fstate, istate, dstate
         t0: Steps simulated before this call (the readout divides by t0 + t + 1).
         readout: (Tc, N, R) receives the readout of every graph output after every step.
         record: (Tc, N, Q) receives the ops' outputs when ``ops`` holds RECORD rows.
-        arena, acc, events, starts, runs_at, taps, best: (blocks, ...) scratch.
+        arena, acc, events, starts, runs_at, taps, best, line: (blocks, ...) scratch.
         listed_events, listed_starts: (blocks, ...) the event lists that neuron layers write
             for the convs and gemms that read their spikes (each list at its own offsets;
             see :func:`list_events`).
@@ -1004,6 +1081,6 @@ def run_steps(ops, params, dparams, index, every, static, fstate, istate, dstate
                     counts[n, k] += _execute(
                         ops[k], arena[block], static[n], params, dparams, index, every,
                         fstate[n], istate[n], dstate[n], acc[block], events[block],
-                        starts[block], runs_at[block], taps[block], best[block],
+                        starts[block], runs_at[block], taps[block], best[block], line[block],
                         listed_events[block], listed_starts[block], param_row, elapsed,
                         readout[t, n], record[t, n])

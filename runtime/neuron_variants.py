@@ -42,6 +42,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from snncompiler.runtime.graph import Value
 from snncompiler.runtime.neurons import THETA_NEG_CODES, neuron_current, spikes_sent
 
 
@@ -260,4 +261,4 @@ def run_tracking(node, inputs, state, engine):
     # What SpikingNetwork.counters() reports for this layer (firing rates in stats.activity).
     state["count"] = state.get("count", 0) + spikes_sent(out, theta,
                                                          node.attrs["max_spikes_per_step"])
-    return type(x)(out.reshape(steps, batch, *node.shape), True)
+    return Value(out.reshape(steps, batch, *node.shape), True)

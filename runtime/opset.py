@@ -331,6 +331,9 @@ def _pad_shape(attrs, arrays, shapes, fail):
             raise fail(f"reflect padding of {max(begin, end)} needs more than {size} values")
         if size + begin + end < 1:
             raise fail(f"axis {axis} of size {size} is cropped to nothing")
+        if attrs["mode"] != "constant" and size + min(0, begin) + min(0, end) < 1:
+            raise fail(f"{attrs['mode']} padding of axis {axis} cropped to nothing: "
+                       "only constant padding makes values up")
         out.append(size + begin + end)
     return tuple(out)
 

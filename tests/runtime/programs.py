@@ -172,3 +172,104 @@ def dense_tracking(seed: int = 0, max_spikes: int = 1) -> Program:
     ]
     return Program([TensorSpec("x", (10,))], [TensorSpec("y", (4,)), TensorSpec("s1", (12,))],
                    nodes, [8, 32], 32)
+
+
+ANALOG_ATTRS = {"axis": 0, "alpha": 0.0, "beta": 0.0, "bias": 0.0, "size": 1}
+
+
+def analog(name: str, function: str, inputs: tuple, output: str, shape: tuple,
+           **attrs) -> Node:
+    """An ``analog`` node; the attributes its function does not read are 0 (1 for size)."""
+    return Node(name, "analog", inputs, output, {**ANALOG_ATTRS, **attrs, "function": function},
+                {}, shape)
+
+
+def every_op(seed: int = 0) -> Program:
+    """Every op of the schema, all on dynamic values but the static ``a`` and ``xm``:
+
+    x (3, 6, 6) -> conv (4) -> a; a -> snm n1 -> s1; concat(s1, a) (8, 6, 6) -> pad (8, 7, 7)
+    -> transpose (H, W) -> nearest resize (8, 14, 7) -> conv stride 2 (6, 7, 4) -> snm_clip
+    n2 -> s2 -> maxpool (6, 3, 2) -> reshape (6, 6) -> snm_leaky n3 [output "s3"];
+    s3 -> linear resize (4, 3) -> softmax over axis 1 -> mul by xm (3,) = the mean of x
+    over H, W (static) -> add the linear resize -> affine [output "mix"];
+    s3 -> reduce sum over axis 0 [output "rd"]; s2 -> avgpool -> global avgpool -> reshape
+    (6,) -> gemm (5) -> tanh [output "y"].
+
+    Up to s3 both executors do the same float operations (conv kernels, index maps,
+    neurons, max-pool tracker), so "s3" is exact; after it come the ops that add in
+    another order in the node executor (linear resize, reduce, softmax, global avgpool,
+    BLAS gemm) or call numpy's exp and tanh.
+    """
+    rng = np.random.default_rng(seed)
+    theta = rng.uniform(0.3, 0.8, size=(1, 4)).astype(np.float32)
+    geometry = {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1}
+    linear_rows = np.zeros((4, 6), np.float32)
+    for i, (h, w) in enumerate([(0, 0.75), (1, 0.5), (3, 0.25), (4, 1.0)]):
+        linear_rows[i, h], linear_rows[i, h + 1] = w, 1 - w
+    nodes = [
+        Node("c1", "conv", ("x",), "a", geometry,
+             {"weight": rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32),
+              "bias": rng.normal(0.1, 0.1, 4).astype(np.float32)}, (4, 6, 6)),
+        Node("n1", "snm", ("a",), "s1", {"theta_neg": "zero", "max_spikes_per_step": 1},
+             {"theta": theta, "v0": theta / 2}, (4, 6, 6)),
+        Node("cat", "concat", ("s1", "a"), "c", {"axis": 0}, {}, (8, 6, 6)),
+        Node("pad", "pad", ("c",), "p", {"pads": [0, 1, 0, 0, 0, 1], "mode": "constant",
+                                         "value": 0.25}, {}, (8, 7, 7)),
+        Node("tr", "transpose", ("p",), "t", {"perm": [0, 2, 1]}, {}, (8, 7, 7)),
+        Node("up", "resize", ("t",), "u", {},
+             {"rows": np.repeat(np.eye(7, dtype=np.float32), 2, axis=0),
+              "cols": np.eye(7, dtype=np.float32)}, (8, 14, 7)),
+        Node("c2", "conv", ("u",), "b", {**geometry, "strides": [2, 2]},
+             {"weight": rng.normal(0, 0.3, (6, 8, 3, 3)).astype(np.float32),
+              "bias": rng.normal(0.1, 0.1, 6).astype(np.float32)}, (6, 7, 4)),
+        _tracking_layer(rng, "snm_clip", "b", "s2", (6, 7, 4), 1, "zero", 1),
+        Node("pool", "maxpool", ("s2",), "m",
+             {"kernel": [2, 2], "strides": [2, 2], "pads": [0, 0, 0, 0], "ceil_mode": 0,
+              "dilations": [1, 1]}, {}, (6, 3, 2)),
+        Node("rows", "reshape", ("m",), "r", {"shape": [6, 6]}, {}, (6, 6)),
+        _tracking_layer(rng, "snm_leaky", "r", "s3", (6, 6), 1, "minus_theta", 2),
+        Node("lin", "resize", ("s3",), "l", {},
+             {"rows": linear_rows, "cols": np.repeat(np.eye(3, dtype=np.float32), 2, axis=1)
+              / 2}, (4, 3)),
+        analog("soft", "softmax", ("l",), "sm", (4, 3), axis=1),
+        Node("xm", "reduce", ("x",), "xmean", {"mode": "mean", "axes": [1, 2], "keepdims": 0},
+             {}, (3,)),
+        analog("scale", "mul", ("sm", "xmean"), "sx", (4, 3)),
+        Node("add", "add", ("sx", "l"), "sum", {}, {}, (4, 3)),
+        Node("aff", "affine", ("sum",), "mix", {},
+             {"scale": rng.uniform(0.5, 1.5, (3,)).astype(np.float32),
+              "shift": rng.normal(0, 0.1, (4, 1)).astype(np.float32)}, (4, 3)),
+        Node("rd", "reduce", ("s3",), "rd", {"mode": "sum", "axes": [0], "keepdims": 0}, {},
+             (6,)),
+        Node("avg", "avgpool", ("s2",), "v",
+             {"kernel": [2, 2], "strides": [1, 1], "pads": [0, 0, 0, 0], "ceil_mode": 0,
+              "count_include_pad": 0}, {}, (6, 6, 3)),
+        Node("gap", "global_avgpool", ("v",), "g", {}, {}, (6, 1, 1)),
+        Node("flat", "reshape", ("g",), "f", {"shape": [6]}, {}, (6,)),
+        Node("fc", "gemm", ("f",), "h", {},
+             {"weight": rng.normal(0, 0.5, (6, 5)).astype(np.float32),
+              "bias": rng.normal(0, 0.2, 5).astype(np.float32)}, (5,)),
+        analog("act", "tanh", ("h",), "y", (5,)),
+    ]
+    return Program([TensorSpec("x", (3, 6, 6))],
+                   [TensorSpec("y", (5,)), TensorSpec("mix", (4, 3)), TensorSpec("s3", (6, 6)),
+                    TensorSpec("rd", (6,))], nodes, [16], 16)
+
+
+def wide_input_net(size: int = 224, channels: int = 4, seed: int = 0) -> Program:
+    """x (3, size, size) -> conv 3x3 (channels) -> SNM n1 -> conv 3x3 -> SNM n2 -> global
+    avg pool -> flatten -> gemm (10): large activations per step, a small readout."""
+    rng = np.random.default_rng(seed)
+    theta = np.full((1, channels), 0.5, np.float32)
+    geometry = {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1}
+    shape = (channels, size, size)
+    nodes = [
+        Node("c1", "conv", ("x",), "a1", geometry,
+             {"weight": rng.normal(0, 0.4, (channels, 3, 3, 3)).astype(np.float32),
+              "bias": np.full(channels, 0.1, np.float32)}, shape),
+        _snm_layer(theta, shape)("n1", "a1", "s1"),
+        _same_size_conv(rng, channels, size, weight_std=0.3, bias_mean=0.1)("c2", "s1", "a2"),
+        _snm_layer(theta, shape)("n2", "a2", "s2"),
+        *_pool_and_classify(rng, "s2", channels, 10),
+    ]
+    return Program([TensorSpec("x", (3, size, size))], [TensorSpec("y", (10,))], nodes, [8], 8)

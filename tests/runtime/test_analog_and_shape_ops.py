@@ -5,7 +5,9 @@ import pytest
 
 from snncompiler.runtime.analog import FUNCTIONS, apply
 from snncompiler.runtime.engine import SpikingNetwork
+from snncompiler.runtime.errors import FormatError
 from snncompiler.runtime.graph import Node, Program, TensorSpec
+from snncompiler.runtime.opset import infer_shape
 from snncompiler.runtime.shape_ops import pad
 
 ANALOG_DEFAULTS = {"axis": 0, "alpha": 0.0, "beta": 0.0, "bias": 0.0, "size": 1}
@@ -81,6 +83,27 @@ def test_pad_crops_with_negative_pads():
     cropped = x[:, :, :3, 1:]
     expected = np.pad(cropped, ((0, 0), (0, 0), (1, 0), (0, 2)), constant_values=9.0)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_pad_crops_an_axis_to_nothing_and_pads_it_as_onnx_does():
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    # W: crop the last value, then pad 2 before: the crop is taken before the padding.
+    np.testing.assert_array_equal(pad(x, [0, 2, 0, -1], "constant", 7.0)[0, 0],
+                                  [7, 7, 0, 1, 2])
+    # H: crop 4 of 3 rows (more than the axis holds) and pad 2: nothing of x is left, every
+    # value is the constant, and the shape is still size + begin + end.
+    got = pad(x, [2, 0, -4, 0], "constant", 7.0)
+    np.testing.assert_array_equal(got, np.full((2, 1, 4), 7.0, np.float32))
+
+
+@pytest.mark.parametrize("mode", ["edge", "reflect"])
+def test_only_constant_padding_extends_an_axis_cropped_to_nothing(mode):
+    node = Node("pd", "pad", ("s",), "y", {"pads": [0, 2, 0, 0, -4, 0], "mode": mode,
+                                           "value": 0.0}, {}, (3, 2, 4))
+    with pytest.raises(FormatError, match=f"{mode} padding of axis 1 cropped to nothing"):
+        infer_shape(node, [(3, 4, 4)])
+    constant = Node("pd", "pad", ("s",), "y", {**node.attrs, "mode": "constant"}, {}, ())
+    assert infer_shape(constant, [(3, 4, 4)]) == (3, 2, 4)
 
 
 INDEX_MAPS = [

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 
 from snncompiler.runtime import InputError, Node, Program, SpikingNetwork, TensorSpec, linear
-from snncompiler.runtime.engine import EXECUTORS, nearest_calibrated
+from snncompiler.runtime.engine import nearest_calibrated
+from snncompiler.runtime.nodes import EXECUTORS
+from snncompiler.runtime.graph import NEURON_OPS
 from snncompiler.runtime.opset import OPS
+from tests.runtime import programs
 from tests.runtime.programs import conv_snm_pool_gemm, residual
 
 
@@ -134,3 +137,29 @@ def test_static_only_network_reads_out_a_constant():
     x = inputs((3,))
     out = SpikingNetwork(program).run(x, 5)
     np.testing.assert_allclose(out, np.broadcast_to(x, (5, *x.shape)))
+
+
+@pytest.mark.parametrize("executor", ["fused", "nodes"])
+@pytest.mark.parametrize("build", [programs.conv_snm_pool_gemm, programs.mobile_block])
+def test_net_spikes_times_theta_is_what_each_neuron_layer_sent(build, executor):
+    """A neuron sends +-theta per spike, so its summed output is theta times its net count:
+    the second stage reads layer means off these counts instead of observing every step."""
+    program = build()
+    net = SpikingNetwork(program, executor=executor)
+    x = np.random.default_rng(3).normal(size=(5, *program.inputs[0].shape)).astype(np.float32)
+    sent = {}
+
+    def observe(node, value, t0):
+        if node.op in NEURON_OPS:
+            data = value.data if value.dynamic else value.data[None]
+            sent[node.name] = sent.get(node.name, 0) + data.astype(np.float64).sum(axis=0)
+
+    net.run(x, 12, observer=observe)
+    counts = net.net_spikes()
+    assert set(counts) == {n.name for n in program.neuron_nodes()}
+    for node in program.neuron_nodes():
+        theta = node.arrays["theta"][net.parameter_row]
+        channels = theta.shape[0]
+        scale = theta.reshape(channels, *([1] * (len(node.shape) - 1)))
+        np.testing.assert_allclose(counts[node.name] * scale, sent[node.name], rtol=1e-5,
+                                   atol=1e-4)
