@@ -280,33 +280,30 @@ def snn_channel_means(program: Program, images: np.ndarray, steps: int,
     """Mean output per step of each channel of the named neuron nodes, over ``steps`` steps.
 
     Runs the engine with the parameter row calibrated for ``steps`` on ``images`` (in
-    batches) and sums, through the observer, what every named node sends. With
-    ``readout``, also returns the network's readout after ``steps`` steps, (N, ...) float64
-    (None for a network with several outputs). ``bar``: a tqdm bar counting image-steps.
+    batches). What a neuron sent over the run is its threshold times its net spike count
+    (:meth:`SpikingNetwork.net_spikes`), so no step needs observing. With ``readout``, also
+    returns the network's readout after ``steps`` steps, (N, ...) float64 (None for a
+    network with several outputs). ``bar``: a tqdm bar counting image-steps.
     """
-    wanted = set(names)
+    net = SpikingNetwork(program)
+    row = program.timesteps.index(net.select_parameters(steps))
+    theta = {n.name: n.arrays["theta"][row].astype(np.float64) for n in program.nodes
+             if n.name in names}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-
-    def observe(node, value, t0):
-        if node.name not in wanted:
-            return
-        data = value.data if value.dynamic else value.data[None]
-        axes = tuple(i for i in range(data.ndim) if i != 2)
-        total = data.sum(axis=axes, dtype=np.float64)
-        sums[node.name] = sums.get(node.name, 0.0) + total
-        counts[node.name] = counts.get(node.name, 0) + data.size // data.shape[2]
-
-    net = SpikingNetwork(program)
     last = []
     for first in range(0, len(images), _BATCH):
-        out = net.run(images[first:first + _BATCH], steps, parameters_for=steps,
-                      observer=observe)
+        out = net.run(images[first:first + _BATCH], steps, parameters_for=steps)
         if not isinstance(out, dict):
             last.append(out[-1].astype(np.float64))
+        spikes = net.net_spikes()
+        for name in names:
+            per_channel = spikes[name].reshape(len(spikes[name]), len(theta[name]), -1)
+            sums[name] = sums.get(name, 0.0) + per_channel.sum(axis=(0, 2), dtype=np.int64)
+            counts[name] = counts.get(name, 0) + per_channel.size // len(theta[name])
         if bar is not None:
             bar.update(steps * len(images[first:first + _BATCH]))
-    means = {name: sums[name] / counts[name] for name in names}
+    means = {name: theta[name] * sums[name] / (counts[name] * steps) for name in names}
     if not readout:
         return means
     return means, (np.concatenate(last) if last else None)

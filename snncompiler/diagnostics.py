@@ -122,21 +122,19 @@ def layer_diagnostics(
                 compared[index[n.name]] = True
                 ann_abs[index[n.name]] += np.abs(reference[n.output]).sum(dtype=np.float64)
         for j, t in enumerate(steps):
-            totals: dict[str, np.ndarray] = {}
             row = nearest_calibrated(program.timesteps, t)
-
-            def observe(node, value, t0, totals=totals, row=row, j=j):
-                if node.name not in by_name:
-                    return
-                data = value.data if value.dynamic else value.data[None]
-                theta = node.arrays["theta"][row].reshape((1, 1, -1) + (1,) * (data.ndim - 3))
-                totals[node.name] = totals.get(node.name, 0.0) + data.sum(axis=0,
-                                                                         dtype=np.float64)
-                spikes[index[node.name], j] += (np.abs(data) / theta).sum(dtype=np.float64)
-
-            net.run(batch, t, parameters_for=t, observer=observe)
-            for name, total in totals.items():
+            # What a layer sent over the run is its threshold times its net spike count,
+            # and the spikes it sent are its counter: no step needs observing (an observer
+            # would hold every layer's output of every step).
+            net.run(batch, t, parameters_for=t)
+            sent, counted = net.net_spikes(), net.counters()
+            for name, count in sent.items():
                 i = index[name]
+                theta = by_name[name].arrays["theta"][row].astype(np.float64)
+                # (C,) against (N, C, ...); a layer of one neuron has one threshold
+                total = count * (theta.reshape(theta.shape + (1,) * (count.ndim - 2))
+                                 if count.ndim > 1 else theta[0])
+                spikes[i, j] += counted[name].sum(dtype=np.float64)
                 tensor = by_name[name].output
                 if tensor in reference:
                     diff = total / t - reference[tensor].reshape(total.shape)
