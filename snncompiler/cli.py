@@ -4,6 +4,8 @@
     snnc eval OUT.snn --data TEST.npz -T 1,2,4,8,16,32 [--onnx MODEL.onnx] [--json FILE]
     snnc inspect FILE
     snnc demo
+    snnc export OUT.snn -o STEP.onnx [--timesteps-for T]
+    snnc report RESULTS.json -o REPORT.html [--snn OUT.snn]
 
 Every error the user can cause, usage errors included, ends in one line on stderr
 (``error: ...``) and exit code 1; an interruption in ``error: interrupted`` and exit code 130.
@@ -298,6 +300,8 @@ def main(debug):
     snnc eval OUT.snn --data TEST.npz -T 1,2,4,8,16,32 [--onnx MODEL.onnx]
     snnc inspect FILE
     snnc demo
+    snnc export OUT.snn -o STEP.onnx [--timesteps-for T]
+    snnc report RESULTS.json -o REPORT.html [--snn OUT.snn]
     """
 
 
@@ -547,6 +551,72 @@ def _run_demo_into(folder: Path, timesteps: str, force: bool, quiet: bool) -> No
             shutil.rmtree(folder, ignore_errors=True)
         raise
     shutil.rmtree(staging, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@main.command("export")
+@click.argument("snn", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The .onnx file to write.")
+@click.option("--timesteps-for", type=click.IntRange(1), default=None,
+              help="Use the neuron parameters calibrated for the T nearest to this one "
+                   "(default: the .snn file's default T).")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@_friendly_errors
+def export_command(snn, output, timesteps_for, force):
+    """Write one timestep of SNN (a .snn file) as a plain ONNX graph (opset 17).
+
+    \b
+    Inputs: the network's input, t (int64, 1 at the first step), state_in_* (zeros at t=1).
+    Outputs: readout (the running mean of the output so far), state_out_* (the next
+    step's state_in_*). See docs/export.md.
+    """
+    from snncompiler.export_onnx import OPSET, STATE_IN, calibrated_for, export_step
+    from snncompiler.runtime.files import open_atomically
+    from snncompiler.runtime.format import load_program
+
+    if not Path(snn).is_file():
+        raise InputError(f"{snn}: no such .snn file")
+    _check_output(output, force, snn_file=snn)
+    program = load_program(snn)
+    model = export_step(program, timesteps_for=timesteps_for)
+    data = model.SerializeToString()
+    with open_atomically(output, "wb") as stream:
+        stream.write(data)
+    states = sum(value.name.startswith(STATE_IN) for value in model.graph.input)
+    _echo(f"wrote {output}: one step of {snn} as ONNX (opset {OPSET}, {len(model.graph.node)} "
+          f"nodes, {len(data) / 2**20:.1f} MiB), {states} state tensors, neuron parameters "
+          f"for T={calibrated_for(program, timesteps_for)}")
+
+
+# --------------------------------------------------------------------------- report
+
+
+@main.command("report")
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The .html file to write.")
+@click.option("--snn", type=click.Path(dir_okay=False),
+              help="The .snn file that was evaluated: adds the model and its calibration "
+                   "summary (from its header).")
+@click.option("--title", help="The page's title (default: from the model's name).")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@_friendly_errors
+def report_command(results, output, snn, title, force):
+    """One self-contained HTML page (tables, SVG plots) from RESULTS (snnc eval --json)."""
+    from snncompiler import report
+    from snncompiler.runtime.format import load_program
+
+    for path, what in ((results, "results"), (snn, ".snn")):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{path}: no such {what} file")
+    _check_output(output, force, results_file=results, snn_file=snn)
+    program = load_program(snn) if snn else None
+    report.write_report(results, output, program=program,
+                        snn_name=Path(snn).name if snn else None, title=title)
+    _echo(f"wrote {output}: the report on {results}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,6 +43,12 @@ class EvalResult:
     image from the directly coded input. ``layer_activity`` has one entry per neuron layer
     at T = ``layer_activity_timesteps`` (the largest T): its firing rate, and the synaptic
     operations of the conv/gemm layers its spikes go ``into``.
+
+    ``activation_sparsity`` is NeuroBench's ActivationSparsity: the fraction of the neuron
+    layers' outputs (every neuron at every step of every image) that are zero. It is
+    ``1 - mean_firing_rate`` when no neuron sends more than one spike per step (each spike
+    is then one nonzero output), and None otherwise (a burst is one nonzero output but
+    several spikes) and where ``mean_firing_rate`` is None; see docs/metrics.md.
     """
 
     timesteps: list[int]
@@ -59,6 +65,7 @@ class EvalResult:
     mean_firing_rate: list[float | None] | None = None
     layer_activity_timesteps: int | None = None
     layer_activity: list[dict] | None = None
+    activation_sparsity: list[float | None] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -157,6 +164,7 @@ def evaluate(
         parameters_for=[program.timesteps[nearest_calibrated(program.timesteps, t)]
                         for t in timesteps],
         **_work_fields(work, timesteps),
+        activation_sparsity=_activation_sparsity(program, work, timesteps),
     )
 
 
@@ -178,6 +186,16 @@ def _work_fields(work: dict[int, stats.Activity], timesteps: list[int]) -> dict:
         layer_activity_timesteps=largest.steps,
         layer_activity=layer_rows(largest),
     )
+
+
+def _activation_sparsity(program, work: dict[int, stats.Activity],
+                         timesteps: list[int]) -> list[float | None] | None:
+    """NeuroBench's ActivationSparsity per T, where it is 1 - the firing rate exactly: the
+    neurons send one spike per step at most (see EvalResult)."""
+    neurons = program.neuron_nodes()
+    if not neurons or any(n.attrs["max_spikes_per_step"] != 1 for n in neurons):
+        return None
+    return [1.0 - work[t].mean_firing_rate() if t in work else None for t in timesteps]
 
 
 def layer_rows(report: stats.Activity) -> list[dict]:

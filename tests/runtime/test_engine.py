@@ -5,8 +5,8 @@ import pytest
 
 from snncompiler.runtime import InputError, Node, Program, SpikingNetwork, TensorSpec, linear
 from snncompiler.runtime.engine import nearest_calibrated
-from snncompiler.runtime.nodes import EXECUTORS
 from snncompiler.runtime.graph import NEURON_OPS
+from snncompiler.runtime.nodes import EXECUTORS
 from snncompiler.runtime.opset import OPS
 from tests.runtime import programs
 from tests.runtime.programs import conv_snm_pool_gemm, residual

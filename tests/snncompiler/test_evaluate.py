@@ -161,6 +161,25 @@ def test_json_and_text_carry_the_work():
         "T", "SNN", "acc", "agreement", "ANN", "acc", "params", "for", "T"]
 
 
+def test_activation_sparsity_is_the_fraction_of_zero_neuron_outputs():
+    """NeuroBench's ActivationSparsity, counted from the spikes: zero outputs of the neuron
+    layers over all neurons, steps and images; None where bursts make it differ from
+    1 - firing rate."""
+    program = conv_snm_pool_gemm(timesteps=(10, 4))
+    data = dataset((1, 8, 8), n=3)
+    result = evaluate(SpikingNetwork(program), data, [3, 4, 10], progress=False)
+    assert result.activation_sparsity[0] is None
+    for i, (steps, row) in enumerate([(4, 4), (10, 10)], start=1):
+        spikes = observe(SpikingNetwork(program), data.x, steps, row)["s"]
+        assert result.activation_sparsity[i] == pytest.approx(1 - np.count_nonzero(spikes)
+                                                              / spikes.size)
+        assert result.activation_sparsity[i] == pytest.approx(
+            1 - result.mean_firing_rate[i])
+    program.nodes[1].attrs["max_spikes_per_step"] = 2
+    bursts = evaluate(SpikingNetwork(program), data, [4], progress=False)
+    assert bursts.activation_sparsity is None and bursts.mean_firing_rate[0] is not None
+
+
 @pytest.mark.parametrize(("value", "text"), [
     (0, "0"), (512, "512"), (1234, "1.23 k"), (999_999.9, "1 M"), (8.43e6, "8.43 M"),
     (61_900_000, "61.9 M"), (2.5e9, "2.5 G")])
