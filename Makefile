@@ -40,6 +40,10 @@ fidelity: $(STAMP) $(TORCH_STAMP)
 	$(BIN)/python benchmarks/fidelity.py --out $(RESULTS)/fidelity_10k.json
 	$(TORCH_VENV)/bin/python benchmarks/peers/spikingjelly_ann2snn.py \
 		--timesteps 1,2,4,8,16,32,64 --out $(RESULTS)/spikingjelly.json
+	$(TORCH_VENV)/bin/python benchmarks/peers/spikingjelly_ltb.py --batches 128,1 \
+		--timesteps 1,2,4,8,16,32,64 --out $(RESULTS)/spikingjelly_ltb.json
+	$(TORCH_VENV)/bin/python benchmarks/peers/spikingjelly_ltb.py --batches 512,32,8 --limit 2000 \
+		--timesteps 1,2,4,8,16,32,64 --out $(RESULTS)/spikingjelly_ltb.json
 	$(BIN)/python benchmarks/fidelity.py --models demo --timesteps 4,8,32 --limit 2000 \
 		--variants dni_narrow,dni_minus_theta,dni_layer,dni_burst2,dni,dni_ss,dni_ss_spiking_readout \
 		--out $(RESULTS)/fidelity_neurons.json

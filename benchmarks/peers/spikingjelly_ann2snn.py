@@ -130,6 +130,23 @@ class OnnxModule(nn.Module):
         return values[self.output_name]
 
 
+@torch.no_grad()
+def check_ann(ann: nn.Module, path: Path, x_test: np.ndarray,
+              labels: np.ndarray) -> tuple[float, float]:
+    """The rebuilt ANN's top-1 on ``x_test`` and its largest |output - onnxruntime's| on the
+    first 256 of them (the check that the torch rebuild is the ONNX model)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probe = x_test[:256]
+    diff = np.abs(ann(torch.from_numpy(probe)).numpy()
+                  - session.run(None, {session.get_inputs()[0].name: probe})[0]).max()
+    ann_acc = float(np.mean(np.concatenate([
+        ann(torch.from_numpy(x_test[i:i + 1000])).argmax(1).numpy()
+        for i in range(0, len(x_test), 1000)]) == labels))
+    return ann_acc, float(diff)
+
+
 def convert(ann: nn.Module, calibration: torch.Tensor, mode: str) -> nn.Module:
     from spikingjelly.activation_based import ann2snn
     from spikingjelly.activation_based.ann2snn.recipes.rate_coding import RateCodingRecipe
@@ -186,17 +203,8 @@ def main() -> None:
         ann = OnnxModule(onnx.load(spec["path"])).eval()
         x_test = preprocess(test_u8, spec)
         calibration = torch.from_numpy(preprocess(calib_u8, spec))
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(spec["path"]), providers=["CPUExecutionProvider"])
-        probe = x_test[:256]
-        with torch.no_grad():
-            diff = np.abs(ann(torch.from_numpy(probe)).numpy()
-                          - session.run(None, {session.get_inputs()[0].name: probe})[0]).max()
-            ann_acc = float(np.mean(np.concatenate([
-                ann(torch.from_numpy(x_test[i:i + 1000])).argmax(1).numpy()
-                for i in range(0, len(x_test), 1000)]) == labels))
-        entry = {"ann_accuracy_torch": ann_acc, "max_abs_diff_vs_onnxruntime": float(diff),
+        ann_acc, diff = check_ann(ann, spec["path"], x_test, labels)
+        entry = {"ann_accuracy_torch": ann_acc, "max_abs_diff_vs_onnxruntime": diff,
                  "modes": {}}
         print(f"{name}: torch rebuild |diff| {diff:.2e}, ANN {100 * ann_acc:.2f}%", flush=True)
         for mode in args.modes.split(","):
