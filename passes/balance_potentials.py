@@ -77,7 +77,8 @@ V0_MAX = 2.0
 # "relu"; kept as a constant so the ablation can be rerun, not as a user option).
 TARGET = "model"
 
-# Images simulated at once: the engine's memory stays near one batch of activations.
+# Images simulated at once, at most; fewer where their neuron state would take more than
+# the engine's memory budget (a 224 px network holds tens of MB of state per image).
 _BATCH = 64
 
 
@@ -286,14 +287,15 @@ def snn_channel_means(program: Program, images: np.ndarray, steps: int,
     network with several outputs). ``bar``: a tqdm bar counting image-steps.
     """
     net = SpikingNetwork(program)
+    batch = max(1, min(_BATCH, net.memory_budget // max(net.state_bytes(), 1)))
     row = program.timesteps.index(net.select_parameters(steps))
     theta = {n.name: n.arrays["theta"][row].astype(np.float64) for n in program.nodes
              if n.name in names}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     last = []
-    for first in range(0, len(images), _BATCH):
-        out = net.run(images[first:first + _BATCH], steps, parameters_for=steps)
+    for first in range(0, len(images), batch):
+        out = net.run(images[first:first + batch], steps, parameters_for=steps)
         if not isinstance(out, dict):
             last.append(out[-1].astype(np.float64))
         spikes = net.net_spikes()
@@ -302,7 +304,7 @@ def snn_channel_means(program: Program, images: np.ndarray, steps: int,
             sums[name] = sums.get(name, 0.0) + per_channel.sum(axis=(0, 2), dtype=np.int64)
             counts[name] = counts.get(name, 0) + per_channel.size // len(theta[name])
         if bar is not None:
-            bar.update(steps * len(images[first:first + _BATCH]))
+            bar.update(steps * len(images[first:first + batch]))
     means = {name: theta[name] * sums[name] / (counts[name] * steps) for name in names}
     if not readout:
         return means

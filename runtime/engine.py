@@ -157,6 +157,16 @@ class SpikingNetwork:
             samples = min(batch, max(1, self.memory_budget // (per_sample_step * steps)))
         return steps, samples
 
+    def state_bytes(self) -> int:
+        """Bytes that one sample's neuron and tracker state and static row take while it is
+        simulated (held for the whole batch of a run, on top of the chunk budget): what a
+        caller divides its memory by to choose a batch size."""
+        if self.executor == "fused":
+            plan = self._fused_plan(False)
+            f, i, d = plan.state_sizes
+            return 4 * f + 4 * i + 8 * d + 4 * plan.static_size
+        return 4 * 4 * self._largest_sample * max(1, len(self.program.neuron_nodes()))
+
     # ----------------------------------------------------------------- state
     def reset(self) -> None:
         """Forgets all neuron state: the next step is step 1 again."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from snncompiler.passes.normalize_clip import normalize_clip
 from snncompiler.passes.normalize_pool_pads import normalize_pool_pads
 from snncompiler.passes.replace_activations import replace_activations
 from snncompiler.passes.replace_relu import replace_relu
+from snncompiler.runtime.engine import DEFAULT_MEMORY_BUDGET
 from snncompiler.runtime.graph import Program
 
 Pass = Callable[[gs.Graph, CompileContext], int]
@@ -115,9 +117,10 @@ def compile_model(model_path: str | Path, calibration: Dataset | None,
                          ".npz file supports single-input models")
     source = graph.inputs[0]
     check_input_shape(calibration, source.name, tuple(source.shape[1:]))
+    batch = calibration_batch_size(graph, config.calib_batch_size)
     ctx = CompileContext(
         config,
-        calibration_batches=lambda: feeds(calibration.x, source.name, config.calib_batch_size),
+        calibration_batches=lambda: feeds(calibration.x, source.name, batch),
         calibration_size=len(calibration),
     )
     counts = run_passes(graph, ctx)
@@ -127,6 +130,19 @@ def compile_model(model_path: str | Path, calibration: Dataset | None,
         counts["balance_potentials"] = balance_potentials(program, ctx)
     program.calibration = calibration_summary(ctx, calibration)
     return CompileResult(program, counts, ctx.report, time.perf_counter() - start)
+
+
+def calibration_batch_size(graph: gs.Graph, largest: int) -> int:
+    """Images per onnxruntime call during calibration: ``largest``, or fewer where the
+    activations of one image (every tensor of the graph, an upper bound on what a call
+    exposes and holds) times the batch would exceed the engine's memory budget, so that
+    compile memory stays bounded on large inputs (a 224 px network has tens of MB of
+    activations per image)."""
+    per_image = sum(math.prod(int(d) for d in tensor.shape[1:])
+                    for tensor in graph.tensors().values()
+                    if isinstance(tensor, gs.Variable) and tensor.shape
+                    and all(isinstance(d, int) for d in tensor.shape[1:]))
+    return max(1, min(largest, DEFAULT_MEMORY_BUDGET // max(4 * per_image, 1)))
 
 
 def calibration_summary(ctx: CompileContext, calibration: Dataset) -> dict:

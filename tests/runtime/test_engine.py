@@ -163,3 +163,12 @@ def test_net_spikes_times_theta_is_what_each_neuron_layer_sent(build, executor):
         scale = theta.reshape(channels, *([1] * (len(node.shape) - 1)))
         np.testing.assert_allclose(counts[node.name] * scale, sent[node.name], rtol=1e-5,
                                    atol=1e-4)
+
+
+def test_state_bytes_grows_with_the_input_and_counts_every_neuron():
+    """What a caller sizes its batches by: the fused state of one sample, at least a float32
+    membrane and an int32 count per SNM neuron."""
+    small, large = programs.wide_input_net(size=32), programs.wide_input_net(size=64)
+    neurons = sum(int(np.prod(n.shape)) for n in small.neuron_nodes())
+    assert SpikingNetwork(small).state_bytes() >= 8 * neurons
+    assert SpikingNetwork(large).state_bytes() > 3 * SpikingNetwork(small).state_bytes()

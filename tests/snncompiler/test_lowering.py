@@ -63,3 +63,21 @@ def test_product_of_two_activations_is_refused(tmp_path):
     builder.op("Mul", [first])
     with pytest.raises(UnsupportedOpError, match="Mul of two activations"):
         convert(builder.model(), np.ones((2, 3, 5, 5), np.float32), tmp_path)
+
+
+def test_calibration_batches_shrink_on_large_inputs():
+    """onnxruntime's batch during calibration keeps one call's activations within the
+    engine's budget: the configured size on small inputs, fewer images on a large one."""
+    from snncompiler import frontend
+    from snncompiler.pipeline import calibration_batch_size
+
+    def graph(size):
+        b = GraphBuilder((3, size, size), np.random.default_rng(0))
+        b.conv(16)
+        b.relu()
+        return frontend.import_graph(b.model())
+
+    assert calibration_batch_size(graph(8), 64) == 64
+    large = calibration_batch_size(graph(512), 64)
+    assert 1 <= large < 64
+    assert large * 4 * (3 + 2 * 16) * 512 * 512 <= 256 * 2**20
