@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -62,7 +63,7 @@ from tqdm.auto import tqdm
 from snncompiler.context import CompileContext
 from snncompiler.errors import CalibrationError
 from snncompiler.frontend import ort_session
-from snncompiler.runtime.engine import SpikingNetwork
+from snncompiler.runtime.engine import SpikingNetwork, nearest_calibrated
 from snncompiler.runtime.graph import Program
 
 from .calibration_stats import ChannelHistogram, collect_activation_stats
@@ -143,9 +144,11 @@ def record_second_stage_stats(graph: gs.Graph, ctx: CompileContext) -> int:
         raise CalibrationError("the second stage needs calibration data: pass --calib FILE.npz")
     fit, check = second_stage_images(ctx, graph.inputs[0].name)
     model = gs.export_onnx(graph)
+    collect = ctx.cluster.activation_stats if ctx.cluster is not None \
+        else collect_activation_stats
     for images, stats in ((fit, ctx.second_stage_stats), (check, ctx.second_stage_check_stats)):
         if len(images):
-            stats.update(collect_activation_stats(
+            stats.update(collect(
                 model, names, _batches(graph.inputs[0].name, images, ctx),
                 bins=ctx.config.histogram_bins, progress=ctx.config.progress,
                 total=len(images)))
@@ -208,8 +211,9 @@ def balance_potentials(program: Program, ctx: CompileContext) -> int:
         bar = tqdm(total=steps * (config.second_stage_sweeps * len(fit) + 3 * len(check)),
                    desc=f"second stage, T={steps}", unit="img-step",
                    disable=not config.progress, leave=False)
-        simulate = functools.partial(snn_channel_means, program, steps=steps, names=names,
-                                     bar=bar)
+        simulate = functools.partial(
+            ctx.cluster.channel_means if ctx.cluster is not None else snn_channel_means,
+            program, steps=steps, names=names, bar=bar)
         if check_targets is not None:
             means, readout = simulate(check, readout=True)
             start_error = _channel_errors(means, check_targets)
@@ -286,11 +290,49 @@ def snn_channel_means(program: Program, images: np.ndarray, steps: int,
     returns the network's readout after ``steps`` steps, (N, ...) float64 (None for a
     network with several outputs). ``bar``: a tqdm bar counting image-steps.
     """
+    found = spike_sums(program, images, steps, names, bar=bar)
+    return channel_means(program, found, steps, names, readout=readout)
+
+
+@dataclass
+class SpikeSums:
+    """What the named neuron nodes sent over a run on some images, before averaging.
+
+    Attributes:
+        sums: Per node, ``(C,)`` net spikes per channel summed over the images and the
+            channel's positions: whole numbers (held in float64, exact below 2**53), so
+            that the sums of shards of the images add up to the sum over all of them
+            exactly, in any order.
+        values: Per node, the outputs per channel counted (images x positions).
+        readouts: The network's readout after the run, (n, ...) float64, per batch of
+            images in order (empty for a network with several outputs).
+    """
+
+    sums: dict[str, np.ndarray]
+    values: dict[str, int]
+    readouts: list[np.ndarray]
+
+    @staticmethod
+    def merge(parts: list[SpikeSums]) -> SpikeSums:
+        """The sums over the images of ``parts``, which are shards of them in order."""
+        first = parts[0]
+        return SpikeSums({name: sum(p.sums[name] for p in parts) for name in first.sums},
+                         {name: sum(p.values[name] for p in parts) for name in first.values},
+                         [r for p in parts for r in p.readouts])
+
+
+def spike_sums(program: Program, images: np.ndarray, steps: int, names: list[str], *,
+               bar=None) -> SpikeSums:
+    """Runs ``program`` on ``images`` for ``steps`` steps, batch by batch
+    (:func:`snn_channel_means`), and sums the net spikes of the named neuron nodes.
+
+    A batch's results do not depend on the other images of the run, so shards of
+    ``images`` cut at multiples of :func:`simulation_batch` give the same sums and
+    readouts.
+    """
     net = SpikingNetwork(program)
-    batch = max(1, min(_BATCH, net.memory_budget // max(net.state_bytes(), 1)))
-    row = program.timesteps.index(net.select_parameters(steps))
-    theta = {n.name: n.arrays["theta"][row].astype(np.float64) for n in program.nodes
-             if n.name in names}
+    batch = simulation_batch(net)
+    channels = {n.name: n.arrays["theta"].shape[1] for n in program.nodes if n.name in names}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     last = []
@@ -300,26 +342,47 @@ def snn_channel_means(program: Program, images: np.ndarray, steps: int,
             last.append(out[-1].astype(np.float64))
         spikes = net.net_spikes()
         for name in names:
-            per_channel = spikes[name].reshape(len(spikes[name]), len(theta[name]), -1)
+            per_channel = spikes[name].reshape(len(spikes[name]), channels[name], -1)
             sums[name] = sums.get(name, 0.0) + per_channel.sum(axis=(0, 2), dtype=np.int64)
-            counts[name] = counts.get(name, 0) + per_channel.size // len(theta[name])
+            counts[name] = counts.get(name, 0) + per_channel.size // channels[name]
         if bar is not None:
             bar.update(steps * len(images[first:first + batch]))
-    means = {name: theta[name] * sums[name] / (counts[name] * steps) for name in names}
+    return SpikeSums(sums, counts, last)
+
+
+def simulation_batch(net: SpikingNetwork) -> int:
+    """Images :func:`spike_sums` simulates at once: ``_BATCH``, fewer where their neuron
+    state would take more than the engine's memory budget."""
+    return max(1, min(_BATCH, net.memory_budget // max(net.state_bytes(), 1)))
+
+
+def channel_means(program: Program, found: SpikeSums, steps: int, names: list[str], *,
+                  readout: bool = False):
+    """:func:`snn_channel_means` from the :func:`spike_sums` of its images."""
+    row = nearest_calibrated(program.timesteps, steps)
+    theta = {n.name: n.arrays["theta"][row].astype(np.float64) for n in program.nodes
+             if n.name in names}
+    means = {name: theta[name] * found.sums[name] / (found.values[name] * steps)
+             for name in names}
     if not readout:
         return means
-    return means, (np.concatenate(last) if last else None)
+    return means, (np.concatenate(found.readouts) if found.readouts else None)
 
 
 def _shift(node, row: int, steps: int, error: np.ndarray) -> None:
     theta = node.arrays["theta"][row].astype(np.float64)
     v0 = node.arrays["v0"][row].astype(np.float64) + steps * error
-    upper = V0_MAX * theta if node.attrs["theta_neg"] != "off" else theta
+    # A clipped neuron tracks clip(S, 0, hi * t) of its running input S: a negative S counts
+    # as 0, so from v0 >= theta every neuron of the channel would fire, however negative its
+    # input (where the ANN sends 0); its v0 stays below theta, like an IF neuron's, which
+    # cannot take back a spike. A plain SNM neuron's negative input pulls v0 down with it.
+    below_theta = node.attrs["theta_neg"] == "off" or node.op == "snm_clip"
+    upper = theta if below_theta else V0_MAX * theta
     # The clipped neuron has no "M > 0" test on negative spikes (neuron_variants.py): its
     # count stays >= 0, like the ANN's clip(x, 0, hi), only while v0 >= 0.
     lower = V0_MIN * theta if node.op == "snm" else 0.0
     v0 = np.clip(v0, lower, upper).astype(np.float32)
-    if node.attrs["theta_neg"] == "off":
+    if below_theta:
         v0 = np.minimum(v0, np.nextafter(theta.astype(np.float32), np.float32(0)))
     node.arrays["v0"][row] = v0
 
