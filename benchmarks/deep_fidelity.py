@@ -15,7 +15,8 @@ CNN, for quick checks):
    ``--calib-limit`` calibration views (already preprocessed: no ``--scale``), with the
    default options plus ``--compile-args``. The child's wall time and peak resident memory
    (``ru_maxrss`` from ``wait4``) are recorded. The second stage simulates
-   min(256, ``--calib-limit``) of those views for every T, twice: most of the compile time.
+   the first ``--second-stage-samples`` of those views for every T (half fit its shifts,
+   half check them): most of the compile time.
 2. **Run** the first ``--limit`` test views: onnxruntime on the ANN, and the SNN for each T
    with that T's own parameters (``net.run(x, T, parameters_for=T)``); the engine's counters
    give the synaptic operations (as ``snnc eval`` reports them).
@@ -180,10 +181,11 @@ def test_views(path: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def compile_snn(onnx: Path, calib: Path, calib_limit: int, timesteps, out: Path,
-                extra: list[str]) -> dict:
+                extra: list[str], second_stage_samples: int) -> dict:
     """``snnc`` in a child process: its wall time, peak resident memory and command line."""
     command = [sys.executable, "-m", "snncompiler.cli", "compile", str(onnx), "-o", str(out),
                "--calib", str(calib), "--calib-samples", str(calib_limit),
+               "--second-stage-samples", str(second_stage_samples),
                "-T", ",".join(map(str, timesteps)), "--force", "-q", *extra]
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -263,7 +265,8 @@ def run_model(model: str, args, extra: list[str]) -> dict:
     snn = Path(args.work) / f"{model}-{args.variant}.snn"
     snn.parent.mkdir(parents=True, exist_ok=True)
     print(f"{model} ({args.variant}): compiling on {calib_views} calibration views", flush=True)
-    compiled = compile_snn(onnx, calib, args.calib_limit, timesteps, snn, extra)
+    compiled = compile_snn(onnx, calib, args.calib_limit, timesteps, snn, extra,
+                           args.second_stage_samples)
     print(f"  compiled in {compiled['seconds']:.0f} s, peak {compiled['peak_rss_mib']:.0f} MiB; "
           f"running {len(x)} views of {len(set(photos.tolist()))} photos", flush=True)
     start = time.perf_counter()
@@ -501,6 +504,9 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="Use the first N test views.")
     parser.add_argument("--calib-limit", type=int, default=128,
                         help="Calibration views the compiler sees (the first N).")
+    parser.add_argument("--second-stage-samples", type=int, default=32,
+                        help="Calibration views the second stage simulates (half fit, half "
+                             "check): most of the compile time on these networks.")
     parser.add_argument("--layer-limit", type=int, default=16,
                         help="Test views for the per-layer errors.")
     parser.add_argument("--layer-timesteps", type=_timesteps, default=[8, max(DEFAULT_TIMESTEPS)],

@@ -22,13 +22,14 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
     """Calibrates the neuron that will replace every Relu, Clip(x, 0, hi), LeakyRelu, PRelu.
 
     Runs the ANN as it stands (exported with ``gs.export_onnx``) in onnxruntime on
-    ``ctx.calibration_batches()``, with the input of every Relu exposed as an output (for
-    the other activations, the tensor :func:`~.replace_activations.calibration_tensor`
-    names: a Clip's output; ``|f(x)|`` of a leaky one, through an added Abs node), keeps
-    a bounded per-channel histogram of each (``ctx.activation_stats``) and chooses the
-    thresholds and initial potentials for every T of ``ctx.config.timesteps``
-    (``ctx.neuron_params``, see :func:`~snncompiler.passes.dni.choose_neuron_parameters`).
-    One report line per activation goes to ``ctx.report``.
+    ``ctx.calibration_batches()`` (on the workers of ``ctx.cluster`` if given), with the
+    input of every Relu exposed as an output (for the other activations, the tensor
+    :func:`~.replace_activations.calibration_tensor` names: a Clip's output; ``|f(x)|`` of
+    a leaky one, through an added Abs node), keeps a bounded per-channel histogram of each
+    (``ctx.activation_stats``) and chooses the thresholds and initial potentials for every
+    T of ``ctx.config.timesteps`` (``ctx.neuron_params``, see
+    :func:`~snncompiler.passes.dni.choose_neuron_parameters`). One report line per
+    activation goes to ``ctx.report``.
 
     Preconditions: the graph is still an ANN that onnxruntime can run (no SNM nodes yet),
     and calibration data was given. A Relu whose input is a constant is skipped: it is
@@ -62,7 +63,9 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
 
     config = ctx.config
     model = gs.export_onnx(_with_abs_outputs(graph) if signed else graph)
-    stats = collect_activation_stats(
+    collect = ctx.cluster.activation_stats if ctx.cluster is not None \
+        else collect_activation_stats
+    stats = collect(
         model,
         names,
         ctx.calibration_batches(),

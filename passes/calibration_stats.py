@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -142,68 +143,50 @@ class ChannelHistogram:
             ValueError: Wrong rank or channel count.
             CalibrationError: The batch holds NaN or infinite values.
         """
-        values = np.asarray(values)
-        if values.ndim < 2 or values.shape[1] != self.channels:
-            raise ValueError(
-                f"expected an activation of shape (N, {self.channels}, ...), got {values.shape}"
-            )
-        # float32 is what onnxruntime produces and the runtime computes in. (N, C, L) is a
-        # view of a C-contiguous (N, C, ...) tensor: the kernels read NCHW in place.
-        images, length = values.shape[0], math.prod(values.shape[2:])
-        if images * length == 0:
+        x = _channels_view(values, self.channels)
+        if x is None:
             return
-        x = np.ascontiguousarray(values, dtype=np.float32).reshape(images, self.channels, length)
-        blocks = _channel_blocks(self.channels, images * length,
+        blocks = _channel_blocks(self.channels, x.shape[0] * x.shape[2],
                                  workers if pool is not None else 1)
-
-        maxima = np.empty(self.channels, dtype=np.int32)
-        finite = np.empty(self.channels, dtype=np.bool_)
-        bits = x.view(np.int32)
-        _for_blocks(pool, blocks, lambda lo, hi: kernels.channel_max(bits, lo, hi, maxima, finite))
-        if not finite.all():
-            raise CalibrationError(
-                "activation holds NaN or infinite values; check the calibration data and "
-                "its preprocessing"
-            )
-        maxima = maxima.view(np.float32)
-        batch_max = maxima.astype(np.float64)
-        self.n_total += images * length
-        self.max = np.maximum(self.max, batch_max)
-        self._grow(batch_max)
-
+        maxima = _maxima(x, pool, blocks)
+        self.extend(maxima, x.shape[0] * x.shape[2])
         # Bin ceil(x / w) - 1 of the right-closed bins, computed as ceil((x / upper) * bins)
         # - 1 in float32: x / upper is 1 exactly at the maximum (which so lands in the last
         # bin), and a later growth of upper by 2**g scales (x / upper) * bins by exactly
         # 2**-g, so values binned before and after a growth agree bit for bit.
-        step = max(1, _MAX_KERNEL_VALUES // length)
-        for start in range(0, images, step):
-            part = x[start : start + step]
+        for part in _parts(x):
             _for_blocks(pool, blocks, lambda lo, hi, part=part: kernels.bin_channels(
                 part, lo, hi, self.upper, maxima, self.counts, self.sums, self.n_positive))
 
+    def extend(self, maxima: np.ndarray, values: int) -> None:
+        """The first half of :meth:`update`: counts ``values`` more values (``n_total``)
+        whose per-channel maxima, clamped at 0, are ``maxima`` (:func:`batch_maxima`), and
+        grows the ranges to hold them. :meth:`add_binned` adds their bins.
+
+        A batch cut into shards elsewhere is merged exactly by calling, batch after batch in
+        the original order, ``extend`` and then ``add_binned`` with the batch's
+        :func:`bin_batch` at the ``upper`` that ``extend`` left: the same operations, in
+        the same order, as :meth:`update`.
+        """
+        batch_max = np.asarray(maxima, dtype=np.float32).astype(np.float64)
+        self.n_total += values
+        self.max = np.maximum(self.max, batch_max)
+        self._grow(batch_max)
+
+    def add_binned(self, parts: list[BinnedPart]) -> None:
+        """The second half of :meth:`update`: adds a batch's bins from :func:`bin_batch`,
+        part after part, as the kernel adds each call's bins (the same float additions)."""
+        for part in parts:
+            self.counts.reshape(-1)[part.index] += part.counts
+            self.sums.reshape(-1)[part.index] += part.sums
+            self.n_positive += part.n_positive
+
     def _grow(self, batch_max: np.ndarray) -> None:
         """Widens the ranges of the channels whose new maximum exceeds their upper edge."""
-        grow = batch_max > self.upper
-        if not grow.any():
-            return
-        fresh = grow & (self.upper == 0)
-        self.upper[fresh] = batch_max[fresh]
-        grow &= ~fresh
-        if not grow.any():
-            return
-        upper = self.upper[grow]
-        shift = np.maximum(np.ceil(np.log2(batch_max[grow] / upper)), 1).astype(np.int64)
-        # log2 may round down by one; ldexp is exact, so this check settles it.
-        while True:
-            short = np.ldexp(upper, shift) < batch_max[grow]
-            if not short.any():
-                break
-            shift[short] += 1
-        self.upper[grow] = np.ldexp(upper, shift)
-
-        kernels.merge_bins(
-            self.counts, self.sums, np.flatnonzero(grow), np.minimum(shift, _MAX_SHIFT)
-        )
+        upper, rows, shifts = grown_upper(self.upper, batch_max)
+        self.upper[:] = upper
+        if rows.size:
+            kernels.merge_bins(self.counts, self.sums, rows, np.minimum(shifts, _MAX_SHIFT))
 
     def bin_centers(self) -> np.ndarray:
         """``(C, bins)`` centre of every bin (all 0 for channels without positive values)."""
@@ -273,6 +256,148 @@ class ChannelHistogram:
         return merged
 
 
+class BinnedPart(NamedTuple):
+    """One kernel call's bins of a batch (:func:`bin_batch`), sparse: ``counts`` and
+    ``sums`` of the non-empty bins at flat indices ``index`` of the ``(C, bins)`` arrays."""
+
+    index: np.ndarray
+    counts: np.ndarray
+    sums: np.ndarray
+    n_positive: np.ndarray
+
+
+def grown_upper(upper: np.ndarray, batch_max: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The range growth of :meth:`ChannelHistogram.update`, without the bins.
+
+    Returns:
+        The new upper edges, the channels whose bins merge and the power of two ``g``
+        (at least 1) each grows by. A channel's first positive maximum becomes its upper
+        edge as is; a later one above it doubles the edge ``g`` times, the fewest that
+        cover it.
+    """
+    upper = np.array(upper, dtype=np.float64)
+    grow = batch_max > upper
+    none = np.zeros(0, dtype=np.int64)
+    if not grow.any():
+        return upper, none, none
+    fresh = grow & (upper == 0)
+    upper[fresh] = batch_max[fresh]
+    grow &= ~fresh
+    if not grow.any():
+        return upper, none, none
+    old = upper[grow]
+    shift = np.maximum(np.ceil(np.log2(batch_max[grow] / old)), 1).astype(np.int64)
+    # log2 may round down by one; ldexp is exact, so this check settles it.
+    while True:
+        short = np.ldexp(old, shift) < batch_max[grow]
+        if not short.any():
+            break
+        shift[short] += 1
+    upper[grow] = np.ldexp(old, shift)
+    return upper, np.flatnonzero(grow), shift
+
+
+def batch_maxima(values: np.ndarray, channels: int) -> tuple[np.ndarray, int]:
+    """``(C,)`` float32 ``max(max(x[:, c]), 0)`` of a batch and its number of values: what
+    :meth:`ChannelHistogram.extend` takes.
+
+    Raises:
+        ValueError: Wrong rank or channel count.
+        CalibrationError: The batch holds NaN or infinite values.
+    """
+    x = _channels_view(values, channels)
+    if x is None:
+        return np.zeros(channels, dtype=np.float32), 0
+    return _maxima(x, None, [(0, channels)]), x.shape[0] * x.shape[2]
+
+
+def bin_batch(values: np.ndarray, upper: np.ndarray, bins: int,
+              maxima: np.ndarray | None = None) -> list[BinnedPart]:
+    """A batch's bins at the upper edges ``upper`` (which must hold its maxima), as
+    :meth:`ChannelHistogram.update` bins it at that range: one part per kernel call, each
+    counted from 0, for :meth:`ChannelHistogram.add_binned`.
+
+    Args:
+        values: The batch's activation, ``(N, C, ...)``.
+        upper: ``(C,)`` the histogram's upper edges after :meth:`ChannelHistogram.extend`
+            with this batch's maxima.
+        bins: Bins per channel.
+        maxima: The batch's :func:`batch_maxima` as computed before (elsewhere), if any: a
+            batch whose maxima differ now (onnxruntime computed another activation) is
+            refused rather than binned at a range computed for other values.
+
+    Raises:
+        ValueError: Wrong rank or channel count.
+        CalibrationError: The batch holds NaN or infinite values, or other maxima than
+            ``maxima``.
+    """
+    channels = len(upper)
+    upper = np.ascontiguousarray(upper, dtype=np.float64)
+    x = _channels_view(values, channels)
+    if x is None:
+        return []
+    found = _maxima(x, None, [(0, channels)])
+    if maxima is not None and not np.array_equal(found, maxima):
+        raise CalibrationError("the activation differs from the one its range was computed "
+                               "from (do the workers run another onnxruntime or CPU?)")
+    maxima = found
+    parts = []
+    for part in _parts(x):
+        counts = np.zeros((channels, bins), dtype=np.int64)
+        sums = np.zeros((channels, bins), dtype=np.float64)
+        n_positive = np.zeros(channels, dtype=np.int64)
+        kernels.bin_channels(part, 0, channels, upper, maxima, counts, sums, n_positive)
+        index = np.flatnonzero(counts)
+        parts.append(BinnedPart(index, counts.reshape(-1)[index], sums.reshape(-1)[index],
+                                n_positive))
+    return parts
+
+
+def _channels_view(values: np.ndarray, channels: int) -> np.ndarray | None:
+    """``values`` as a float32 ``(N, C, L)`` view (or copy), None when it holds no value.
+
+    float32 is what onnxruntime produces and the runtime computes in. (N, C, L) is a view
+    of a C-contiguous (N, C, ...) tensor: the kernels read NCHW in place.
+    """
+    values = np.asarray(values)
+    if values.ndim < 2 or values.shape[1] != channels:
+        raise ValueError(
+            f"expected an activation of shape (N, {channels}, ...), got {values.shape}"
+        )
+    images, length = values.shape[0], math.prod(values.shape[2:])
+    if images * length == 0:
+        return None
+    return np.ascontiguousarray(values, dtype=np.float32).reshape(images, channels, length)
+
+
+def _maxima(x: np.ndarray, pool: Executor | None, blocks: list[tuple]) -> np.ndarray:
+    """``(C,)`` float32 per-channel maxima of ``(N, C, L)`` ``x``, clamped at 0.
+
+    Raises:
+        CalibrationError: ``x`` holds NaN or infinite values.
+    """
+    channels = x.shape[1]
+    maxima = np.empty(channels, dtype=np.int32)
+    finite = np.empty(channels, dtype=np.bool_)
+    bits = x.view(np.int32)
+    _for_blocks(pool, blocks, lambda lo, hi: kernels.channel_max(bits, lo, hi, maxima, finite))
+    if not finite.all():
+        raise CalibrationError(
+            "activation holds NaN or infinite values; check the calibration data and "
+            "its preprocessing"
+        )
+    return maxima.view(np.float32)
+
+
+def _parts(x: np.ndarray):
+    """``x`` cut along the images into the parts that one kernel call bins (``bin_channels``
+    counts a call's values per bin in int32)."""
+    step = max(1, _MAX_KERNEL_VALUES // x.shape[2])
+    for start in range(0, x.shape[0], step):
+        yield x[start : start + step]
+
+
 def _channel_blocks(channels: int, per_channel: int, workers: int) -> list[tuple]:
     """Contiguous channel ranges ``(lo, hi)``, at most ``workers``, none too small."""
     count = max(1, min(workers, channels, channels * per_channel // _MIN_BLOCK_VALUES))
@@ -339,23 +464,9 @@ def collect_activation_stats(
     names = list(dict.fromkeys(tensor_names))
     if not names:
         return {}
-    graph = model.graph
-    initializers = {init.name for init in graph.initializer}
-    graph_inputs = [i.name for i in graph.input if i.name not in initializers]
-    produced = {out for node in graph.node for out in node.output if out}
-    unknown = [n for n in names if n not in produced and n not in graph_inputs]
-    if unknown:
-        raise CalibrationError(
-            f"cannot calibrate tensors {unknown}: no node of the model produces them"
-        )
-
-    # A tensor that is itself a graph input comes straight from the feed; all the others
-    # become extra outputs of a copy of the model.
-    source = _relu_outputs(model, [n for n in names if n not in graph_inputs])
-    fetched = list(dict.fromkeys(source.values()))
-    session = _session_with_outputs(model, fetched, threads)
-    inputs = session.get_inputs()
-    allowed = {i.name for i in inputs} | {i.name for i in session.get_overridable_initializers()}
+    activations = ActivationSession(model, names, threads)
+    session, fetched, source = activations.session, activations.fetched, activations.source
+    inputs, allowed = activations.inputs, activations.allowed
 
     hists: dict[str, ChannelHistogram] = {}
     batch_count = 0
@@ -375,12 +486,7 @@ def collect_activation_stats(
             for name in names:
                 tensor = values[source[name]] if name in source else feed[name]
                 if name not in hists:
-                    if tensor.ndim < 2:
-                        raise CalibrationError(
-                            f"tensor {name!r} has shape {tensor.shape}; calibration needs "
-                            "(N, C, ...) with channels on axis 1"
-                        )
-                    hists[name] = ChannelHistogram(tensor.shape[1], bins)
+                    hists[name] = ChannelHistogram(channels_of(name, tensor), bins)
                 try:
                     hists[name].update(tensor, pool, workers)
                 except (ValueError, CalibrationError) as err:
@@ -392,6 +498,63 @@ def collect_activation_stats(
     if batch_count == 0:
         raise CalibrationError("calibration data holds no images: the batch iterator was empty")
     return hists
+
+
+def channels_of(name: str, tensor: np.ndarray) -> int:
+    """The channels of activation ``name`` (axis 1), from its first batch.
+
+    Raises:
+        CalibrationError: The tensor has no channel axis.
+    """
+    if tensor.ndim < 2:
+        raise CalibrationError(
+            f"tensor {name!r} has shape {tensor.shape}; calibration needs "
+            "(N, C, ...) with channels on axis 1"
+        )
+    return tensor.shape[1]
+
+
+class ActivationSession:
+    """onnxruntime on a copy of ``model`` that also outputs the tensors to histogram.
+
+    A requested tensor that a Relu reads is fetched as that Relu's output (see
+    :func:`collect_activation_stats`); one that is a graph input comes from the feed.
+
+    Raises:
+        CalibrationError: A tensor that is not in the graph, or a model that onnxruntime
+            cannot load.
+    """
+
+    def __init__(self, model: onnx.ModelProto, tensor_names: list[str],
+                 threads: int | None = None):
+        self.names = list(dict.fromkeys(tensor_names))
+        graph = model.graph
+        initializers = {init.name for init in graph.initializer}
+        graph_inputs = [i.name for i in graph.input if i.name not in initializers]
+        produced = {out for node in graph.node for out in node.output if out}
+        unknown = [n for n in self.names if n not in produced and n not in graph_inputs]
+        if unknown:
+            raise CalibrationError(
+                f"cannot calibrate tensors {unknown}: no node of the model produces them"
+            )
+        # A tensor that is itself a graph input comes straight from the feed; all the others
+        # become extra outputs of a copy of the model.
+        self.source = _relu_outputs(model, [n for n in self.names if n not in graph_inputs])
+        self.fetched = list(dict.fromkeys(self.source.values()))
+        self.session = _session_with_outputs(model, self.fetched, threads)
+        self.inputs = self.session.get_inputs()
+        self.allowed = ({i.name for i in self.inputs}
+                        | {i.name for i in self.session.get_overridable_initializers()})
+
+    def activations(self, feed: dict[str, np.ndarray], number: int) -> dict[str, np.ndarray]:
+        """The requested tensors on batch ``number`` (checked as collect_activation_stats
+        checks it), by name."""
+        feed = _check_feed(feed, self.inputs, self.allowed, number)
+        outputs = _run(self.session, self.fetched, feed, self.inputs, number) if self.fetched \
+            else []
+        values = dict(zip(self.fetched, outputs))
+        return {name: values[self.source[name]] if name in self.source else feed[name]
+                for name in self.names}
 
 
 def _cpu_count() -> int:

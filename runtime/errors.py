@@ -28,3 +28,7 @@ class CalibrationError(SnnError):
 
 class InputError(SnnError):
     """Data or arguments given by the user do not fit (shape, dtype, values, ranges)."""
+
+
+class ClusterError(SnnError):
+    """A Dask cluster cannot be reached, or cannot finish the work given to it."""

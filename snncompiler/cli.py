@@ -272,6 +272,25 @@ def _config_options(command):
                      help="DNI's second stage: simulate on calibration data and shift initial "
                           "potentials so mean outputs match the ANN (see "
                           "docs/results/fidelity.md)."),
+        click.option("--second-stage-samples", type=click.IntRange(2),
+                     default=default.second_stage_samples, show_default=True,
+                     help="Calibration samples the second stage simulates (the first N; half "
+                          "fit the shifts, half check them): most of a large model's compile "
+                          "time."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _cluster_options(command):
+    for option in reversed([
+        click.option("--scheduler", metavar="ADDRESS",
+                     help="Run the work over the data on the workers of this Dask cluster "
+                          "(tcp://host:8786); the results are the same as here. Needs "
+                          "snncompiler[dask]."),
+        click.option("--workers", type=click.IntRange(1), default=None,
+                     help="Start a local Dask cluster of N worker processes (one thread "
+                          "each) instead."),
     ]):
         command = option(command)
     return command
@@ -319,14 +338,17 @@ def main(debug):
 @_config_options
 @_preprocessing_options
 @_allow_analog_option
+@_cluster_options
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
 def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
-                    initial_potential, granularity, max_spikes, resolution, second_stage, scale,
-                    mean, std, allow_analog, force, quiet):
+                    initial_potential, granularity, max_spikes, resolution, second_stage,
+                    second_stage_samples, scale,
+                    mean, std, allow_analog, scheduler, workers, force, quiet):
     """Compile MODEL (ONNX) to a .snn spiking network."""
     from snncompiler import pipeline
+    from snncompiler.distributed import open_cluster
     from snncompiler.npz import Preprocessing, load_npz
     from snncompiler.runtime.format import save_program
 
@@ -340,9 +362,11 @@ def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
         timesteps=tuple(steps), theta_neg=theta_neg, initial_potential=initial_potential,
         granularity=granularity, max_spikes_per_step=max_spikes, resolution=resolution,
         progress=not quiet,
-        allow_analog=allow_analog, second_stage=second_stage)
-    calibration = load_npz(calib, Preprocessing(scale, mean, std), limit=calib_samples)
-    result = pipeline.compile_model(model, calibration, config)
+        allow_analog=allow_analog, second_stage=second_stage,
+        second_stage_samples=second_stage_samples)
+    with open_cluster(scheduler, workers) as cluster:
+        calibration = load_npz(calib, Preprocessing(scale, mean, std), limit=calib_samples)
+        result = pipeline.compile_model(model, calibration, config, cluster=cluster)
     save_program(result.program, output, overwrite=force)
     _print_compile_summary(result, output, quiet)
 
@@ -387,20 +411,31 @@ def _print_compile_summary(result, output, quiet):
               help="Also report each neuron layer's firing rate at every T and, with --onnx, "
                    "the error of its rate against the ANN's activation (extra runs).")
 @_preprocessing_options
+@_cluster_options
 @click.option("--force", is_flag=True, help="Overwrite the --json file if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def eval_command(snn, data, timesteps, onnx_path, json_path, batch_size, limit, max_memory,
-                 layers, scale, mean, std, force, quiet):
+                 layers, scale, mean, std, scheduler, workers, force, quiet):
     """Accuracy of SNN (a .snn file) for every T, next to the ANN's."""
+    from snncompiler.distributed import open_cluster
+
+    steps = sorted(parse_timesteps(timesteps))
+    if json_path:
+        _check_output(json_path, force, snn_file=snn, data_file=data, onnx_model=onnx_path)
+    with open_cluster(scheduler, workers) as cluster:
+        _evaluate(snn, data, steps, onnx_path, json_path, batch_size, limit, max_memory,
+                  layers, (scale, mean, std), quiet, cluster)
+
+
+def _evaluate(snn, data, steps, onnx_path, json_path, batch_size, limit, max_memory, layers,
+              preprocessing, quiet, cluster):
+    """``snnc eval`` once its arguments are checked: here, or on ``cluster``'s workers."""
     import json
 
     from snncompiler import evaluate, runtime
     from snncompiler.npz import Preprocessing, check_input_shape, check_labels, load_npz
 
-    steps = sorted(parse_timesteps(timesteps))
-    if json_path:
-        _check_output(json_path, force, snn_file=snn, data_file=data, onnx_model=onnx_path)
     limit_bytes = int(max_memory * 2**30)
     net = runtime.load(snn, memory_budget=chunk_budget(limit_bytes))
     program = net.program
@@ -408,15 +443,22 @@ def eval_command(snn, data, timesteps, onnx_path, json_path, batch_size, limit, 
         raise InputError(f"{snn}: evaluation supports networks with one input and one output")
     sizes = activation_sizes(program)
     batch = plan_batch(sizes, max(steps), batch_size, limit_bytes)
-    dataset = load_npz(data, Preprocessing(scale, mean, std), limit=limit)
+    preprocessing = Preprocessing(*preprocessing)
+    dataset = load_npz(data, preprocessing, limit=limit)
     check_input_shape(dataset, program.inputs[0].name, tuple(program.inputs[0].shape))
     check_labels(dataset, sizes["outputs"])
     ann = _ann_function(onnx_path, program) if onnx_path else None
     if batch < batch_size and batch < len(dataset):
         click.echo(f"note: batch size lowered from {batch_size} to {batch} so that T={max(steps)}"
                    f" fits --max-memory {max_memory:g} GiB", err=True)
-    result = evaluate.evaluate(net, dataset, steps, ann=ann, batch_size=batch,
-                               progress=not quiet)
+    if cluster is None:
+        result = evaluate.evaluate(net, dataset, steps, ann=ann, batch_size=batch,
+                                   progress=not quiet)
+    else:
+        result = cluster.evaluate(snn, data, steps, preprocessing=preprocessing, limit=limit,
+                                  onnx=onnx_path, batch_size=batch,
+                                  memory_budget=chunk_budget(limit_bytes), progress=not quiet,
+                                  program=program, dataset=dataset)
     click.echo(evaluate.format_table(result))
     _echo("")
     _echo(evaluate.format_activity(result))

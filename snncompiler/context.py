@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from snncompiler.runtime.opset import NEGATIVE_THRESHOLDS
+
+if TYPE_CHECKING:
+    from snncompiler.distributed import Cluster
 
 INITIAL_POTENTIALS = ("dni", "half", "zero")
 GRANULARITIES = ("channel", "layer")
@@ -117,6 +121,10 @@ class CompileContext:
         second_stage_outcomes: One line per target T: what the check kept or reverted.
         dry_run: Check and lower the graph without calibration data (placeholder neuron
             parameters), for ``snnc inspect`` and early error reporting.
+        cluster: Where the passes run their work over calibration images: None, here; or
+            a :class:`snncompiler.distributed.Cluster`, whose ``activation_stats`` and
+            ``channel_means`` stand for ``collect_activation_stats`` and
+            ``snn_channel_means`` and give the same results, bit for bit.
     """
 
     config: CompileConfig
@@ -131,3 +139,4 @@ class CompileContext:
     second_stage_reference: np.ndarray | None = None
     second_stage_outcomes: list[str] = field(default_factory=list)
     dry_run: bool = False
+    cluster: Cluster | None = None

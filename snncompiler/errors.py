@@ -2,6 +2,7 @@
 
 from snncompiler.runtime.errors import (
     CalibrationError,
+    ClusterError,
     FormatError,
     InputError,
     ModelError,
@@ -11,6 +12,7 @@ from snncompiler.runtime.errors import (
 
 __all__ = [
     "CalibrationError",
+    "ClusterError",
     "FormatError",
     "InputError",
     "ModelError",

@@ -121,46 +121,85 @@ def evaluate(
     if len(dataset) == 0:
         raise InputError(f"{dataset.source}: no samples to evaluate")
     timesteps = sorted(set(int(t) for t in timesteps))
-    # Group the requested T by the calibrated parameter set they use: one run per group.
+    start = time.perf_counter()
+    bar = tqdm(total=len(dataset) * len(parameter_groups(program, timesteps)),
+               desc="evaluating", unit="img", disable=not progress, leave=False)
+    runs = [evaluate_batch(net, dataset.x[first : first + batch_size], timesteps, ann=ann,
+                           bar=bar)
+            for first in range(0, len(dataset), batch_size)]
+    bar.close()
+    return summarize(program, runs, timesteps, dataset.y, seconds=time.perf_counter() - start)
+
+
+@dataclass
+class BatchRun:
+    """One batch's evaluation, kept per sample, so that batches evaluated anywhere (on the
+    workers of a cluster) merge into the same result as one run (:func:`summarize`).
+
+    Attributes:
+        snn_top1: ``(len(timesteps), n)`` the SNN's top-1 class after each T.
+        ann_top1: ``(n,)`` the ANN's top-1 class, or None without the ANN.
+        activity: The work of the batch's run of each parameter row (the keys of
+            :func:`parameter_groups`).
+    """
+
+    snn_top1: np.ndarray
+    ann_top1: np.ndarray | None
+    activity: dict[int, stats.Activity]
+
+
+def parameter_groups(program, timesteps: Sequence[int]) -> dict[int, list[int]]:
+    """The T of ``timesteps`` (sorted) grouped by the parameter row they use: one run each,
+    of the group's largest T."""
     groups: dict[int, list[int]] = {}
     for t in timesteps:
         groups.setdefault(nearest_calibrated(program.timesteps, t), []).append(t)
-    start = time.perf_counter()
-    snn_correct = np.zeros(len(timesteps))
-    agree = np.zeros(len(timesteps))
-    ann_correct = 0
+    return groups
+
+
+def evaluate_batch(net: SpikingNetwork, x: np.ndarray, timesteps: list[int], *,
+                   ann: Callable[[np.ndarray], np.ndarray] | None = None,
+                   bar=None) -> BatchRun:
+    """Runs one batch ``x`` for the sorted ``timesteps`` (one run per parameter row), and
+    the ANN on it if given. ``bar``: a tqdm bar counting images per run."""
+    program = net.program
+    ann_top1 = None
+    if ann is not None:
+        ann_top1 = np.asarray(ann(x)).reshape(len(x), -1).argmax(axis=1)
     column = {t: i for i, t in enumerate(timesteps)}
-    reports: dict[int, list[stats.Activity]] = {row: [] for row in groups}
-    bar = tqdm(total=len(dataset) * len(groups), desc="evaluating", unit="img",
-               disable=not progress, leave=False)
-    for first in range(0, len(dataset), batch_size):
-        x = dataset.x[first : first + batch_size]
-        y = None if dataset.y is None else dataset.y[first : first + batch_size]
-        ann_top1 = None
-        if ann is not None:
-            ann_top1 = np.asarray(ann(x)).reshape(len(x), -1).argmax(axis=1)
-            if y is not None:
-                ann_correct += int((ann_top1 == y).sum())
-        for row, group in groups.items():
-            readout = net.run(x, max(group), parameters_for=program.timesteps[row])
-            for t in group:
-                top1 = readout[t - 1].reshape(len(x), -1).argmax(axis=1)
-                if y is not None:
-                    snn_correct[column[t]] += (top1 == y).sum()
-                if ann_top1 is not None:
-                    agree[column[t]] += (top1 == ann_top1).sum()
-            reports[row].append(stats.activity(net))
+    snn_top1 = np.zeros((len(timesteps), len(x)), dtype=np.int64)
+    activity = {}
+    for row, group in parameter_groups(program, timesteps).items():
+        readout = net.run(x, max(group), parameters_for=program.timesteps[row])
+        for t in group:
+            snn_top1[column[t]] = readout[t - 1].reshape(len(x), -1).argmax(axis=1)
+        activity[row] = stats.activity(net)
+        if bar is not None:
             bar.update(len(x))
-    bar.close()
-    n = len(dataset)
-    work = {max(groups[row]): stats.combine(found) for row, found in reports.items()}
+    return BatchRun(snn_top1, ann_top1, activity)
+
+
+def summarize(program, runs: list[BatchRun], timesteps: list[int], labels: np.ndarray | None,
+              *, seconds: float) -> EvalResult:
+    """The result of evaluating the batches of ``runs``, in order, on data with ``labels``.
+
+    Counts of correct samples are whole numbers and the work is combined batch after batch,
+    so that the result does not depend on where each batch ran.
+    """
+    groups = parameter_groups(program, timesteps)
+    snn = np.concatenate([run.snn_top1 for run in runs], axis=1)
+    ann = None if runs[0].ann_top1 is None else np.concatenate([run.ann_top1 for run in runs])
+    n = snn.shape[1]
+    work = {max(group): stats.combine([run.activity[row] for run in runs])
+            for row, group in groups.items()}
     return EvalResult(
         timesteps=list(timesteps),
-        snn_accuracy=None if dataset.y is None else [float(v / n) for v in snn_correct],
-        agreement=None if ann is None else [float(v / n) for v in agree],
-        ann_accuracy=None if ann is None or dataset.y is None else ann_correct / n,
+        snn_accuracy=None if labels is None else [float((top1 == labels).sum() / n)
+                                                  for top1 in snn],
+        agreement=None if ann is None else [float((top1 == ann).sum() / n) for top1 in snn],
+        ann_accuracy=None if ann is None or labels is None else int((ann == labels).sum()) / n,
         n=n,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         parameters_for=[program.timesteps[nearest_calibrated(program.timesteps, t)]
                         for t in timesteps],
         **_work_fields(work, timesteps),

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx_graphsurgeon as gs
 
@@ -35,6 +36,9 @@ from snncompiler.passes.replace_activations import replace_activations
 from snncompiler.passes.replace_relu import replace_relu
 from snncompiler.runtime.engine import DEFAULT_MEMORY_BUDGET
 from snncompiler.runtime.graph import Program
+
+if TYPE_CHECKING:
+    from snncompiler.distributed import Cluster
 
 Pass = Callable[[gs.Graph, CompileContext], int]
 
@@ -93,13 +97,17 @@ def check_convertible(graph: gs.Graph, config: CompileConfig) -> Program:
 
 
 def compile_model(model_path: str | Path, calibration: Dataset | None,
-                  config: CompileConfig | None = None) -> CompileResult:
+                  config: CompileConfig | None = None, *,
+                  cluster: Cluster | None = None) -> CompileResult:
     """Converts an ONNX ANN into a spiking Program with DNISNM.
 
     Args:
         model_path: The ONNX file.
         calibration: Preprocessed calibration inputs (only ``x`` is used).
         config: Conversion choices.
+        cluster: Run the work over calibration images (the statistics, the second stage's
+            simulations) on this Dask cluster (:mod:`snncompiler.distributed`); the
+            program is the same, bit for bit.
 
     Raises:
         ModelError, UnsupportedOpError, CalibrationError, InputError.
@@ -122,6 +130,7 @@ def compile_model(model_path: str | Path, calibration: Dataset | None,
         config,
         calibration_batches=lambda: feeds(calibration.x, source.name, batch),
         calibration_size=len(calibration),
+        cluster=cluster,
     )
     counts = run_passes(graph, ctx)
     program = lower_graph(graph, ctx, source=Path(model_path).name)

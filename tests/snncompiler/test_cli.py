@@ -106,7 +106,8 @@ def test_compile_option_defaults_are_the_compile_config_defaults():
     assert options["timesteps"].default == ",".join(map(str, default.timesteps))
     for option, field in [("theta_neg", "theta_neg"), ("initial_potential", "initial_potential"),
                           ("granularity", "granularity"), ("max_spikes", "max_spikes_per_step"),
-                          ("resolution", "resolution"), ("second_stage", "second_stage")]:
+                          ("resolution", "resolution"), ("second_stage", "second_stage"),
+                          ("second_stage_samples", "second_stage_samples")]:
         assert options[option].default == getattr(default, field), option
 
 
@@ -114,7 +115,7 @@ def test_compile_without_options_compiles_with_the_compile_config(demo, tmp_path
     spec, folder = demo
     seen = {}
 
-    def capture(model, calibration, config):
+    def capture(model, calibration, config, **options):
         seen["config"] = config
         raise KeyboardInterrupt  # the configuration is all this test needs
 
