@@ -1,8 +1,9 @@
 """Small hand-built runtime programs shared by the runtime tests."""
 
+import numba
 import numpy as np
 
-from snncompiler.runtime import Node, Program, TensorSpec
+from snncompiler.runtime import Node, Program, SpikingNetwork, TensorSpec
 
 
 def conv_snm_pool_gemm(seed: int = 0, theta_neg: str = "zero", timesteps=(32,)) -> Program:
@@ -273,3 +274,32 @@ def wide_input_net(size: int = 224, channels: int = 4, seed: int = 0) -> Program
         *_pool_and_classify(rng, "s2", channels, 10),
     ]
     return Program([TensorSpec("x", (3, size, size))], [TensorSpec("y", (10,))], nodes, [8], 8)
+
+
+def assert_independent_of_chunking(program, x, steps: int = 11) -> None:
+    """The readouts and counters of ``steps`` steps on ``x`` are the same bits whatever the
+    time chunk, streamed with step(), for a subset of the batch and with one thread."""
+    net = SpikingNetwork(program)
+    whole = net.run(x, steps, time_chunk=steps)
+    counts = net.counters()
+    for chunk in (1, 4):
+        again = net.run(x, steps, time_chunk=chunk)
+        for name in whole:
+            np.testing.assert_array_equal(again[name], whole[name], err_msg=name)
+        for name, values in net.counters().items():
+            np.testing.assert_array_equal(values, counts[name], err_msg=name)
+    net.reset()
+    streamed = [net.step(x) for _ in range(steps)]
+    for name in whole:
+        np.testing.assert_array_equal(np.stack([s[name] for s in streamed]), whole[name])
+    part = net.run(x[2:5], steps)
+    for name in whole:
+        np.testing.assert_array_equal(part[name], whole[name][:, 2:5], err_msg=name)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = SpikingNetwork(program).run(x, steps)
+    finally:
+        numba.set_num_threads(before)
+    for name in whole:
+        np.testing.assert_array_equal(one[name], whole[name], err_msg=name)

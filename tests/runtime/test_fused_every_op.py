@@ -21,7 +21,6 @@ rest is not:
 import textwrap
 from math import prod
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -39,7 +38,7 @@ from snncompiler.runtime.shape_ops import (
     resize,
     transpose,
 )
-from tests.runtime.programs import analog, every_op
+from tests.runtime.programs import analog, assert_independent_of_chunking, every_op
 from tests.runtime.test_analog_and_shape_ops import spiking_program
 from tests.without_jit import assert_prints_same_without_jit
 
@@ -127,30 +126,7 @@ def test_every_op_agrees_with_the_node_executor():
 def test_results_do_not_depend_on_chunks_streaming_batch_or_threads(make):
     program = make()
     x = images((3, 6, 6), batch=6)
-    net = SpikingNetwork(program)
-    whole = net.run(x, 11, time_chunk=11)
-    counts = net.counters()
-    for chunk in (1, 4):
-        again = net.run(x, 11, time_chunk=chunk)
-        for name in whole:
-            np.testing.assert_array_equal(again[name], whole[name], err_msg=name)
-        for name, values in net.counters().items():
-            np.testing.assert_array_equal(values, counts[name], err_msg=name)
-    net.reset()
-    streamed = [net.step(x) for _ in range(11)]
-    for name in whole:
-        np.testing.assert_array_equal(np.stack([s[name] for s in streamed]), whole[name])
-    part = net.run(x[2:5], 11)
-    for name in whole:
-        np.testing.assert_array_equal(part[name], whole[name][:, 2:5], err_msg=name)
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = SpikingNetwork(program).run(x, 11)
-    finally:
-        numba.set_num_threads(before)
-    for name in whole:
-        np.testing.assert_array_equal(one[name], whole[name], err_msg=name)
+    assert_independent_of_chunking(program, x)
 
 
 def test_the_gather_and_analog_kernels_give_the_same_bits_without_the_jit(tmp_path):

@@ -9,7 +9,6 @@ order in the node executor) must be equal.
 
 import textwrap
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,7 +19,7 @@ from snncompiler.runtime import kernels as K
 from snncompiler.runtime.neuron_variants import tracking_step, tracking_step_reference
 from snncompiler.runtime.neurons import THETA_NEG_CODES
 from snncompiler.runtime.stats import activity
-from tests.runtime.programs import dense_tracking, mobile_block
+from tests.runtime.programs import assert_independent_of_chunking, dense_tracking, mobile_block
 from tests.runtime.test_fused import inputs
 from tests.without_jit import assert_prints_same_without_jit
 
@@ -95,30 +94,7 @@ def test_a_rank_one_layer_read_by_a_gemm(max_spikes):
 def test_results_do_not_depend_on_chunks_streaming_batch_or_threads(make):
     program = make()
     x = 2 * inputs(program.inputs[0].shape, batch=6)
-    net = SpikingNetwork(program)
-    whole = net.run(x, 11, time_chunk=11)
-    counts = net.counters()
-    for chunk in (1, 4):
-        again = net.run(x, 11, time_chunk=chunk)
-        for name in whole:
-            np.testing.assert_array_equal(again[name], whole[name], err_msg=name)
-        for name, values in net.counters().items():
-            np.testing.assert_array_equal(values, counts[name], err_msg=name)
-    net.reset()
-    streamed = [net.step(x) for _ in range(11)]
-    for name in whole:
-        np.testing.assert_array_equal(np.stack([s[name] for s in streamed]), whole[name])
-    part = net.run(x[2:5], 11)
-    for name in whole:
-        np.testing.assert_array_equal(part[name], whole[name][:, 2:5], err_msg=name)
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = SpikingNetwork(program).run(x, 11)
-    finally:
-        numba.set_num_threads(before)
-    for name in whole:
-        np.testing.assert_array_equal(one[name], whole[name], err_msg=name)
+    assert_independent_of_chunking(program, x)
 
 
 def test_activity_counts_the_tracking_neurons_like_the_node_executor():
