@@ -73,6 +73,9 @@ deep: $(STAMP) $(DEEP)/manifest.json
 	$(BIN)/python benchmarks/deep_fidelity.py --models efficientnet_lite0 --variant single_spike \
 		--compile-args="--resolution 1" --timesteps 4,8,16,32 --limit 80 --calib-limit 256 \
 		--layer-limit 0
+	$(BIN)/python benchmarks/deep_fidelity.py --models efficientnet_lite0 --variant resolution32 \
+		--compile-args="--resolution 32" --timesteps 4,8,16,32 --limit 80 --calib-limit 256 \
+		--layer-limit 0
 	$(BIN)/python benchmarks/deep_fidelity.py --models efficientnet_lite0 --variant no_second_stage \
 		--compile-args="--no-second-stage" --timesteps 4,8,16,32 --limit 80 --calib-limit 256 \
 		--layer-limit 0 --report
