@@ -62,7 +62,7 @@ import numpy as np
 from numba import njit, prange
 
 from snncompiler.runtime.analog import analog_step
-from snncompiler.runtime.neuron_variants import tracking_step
+from snncompiler.runtime.neuron_variants import BURST_BLOCK, tracking_step
 from snncompiler.runtime.simd import (
     LANES,
     add8,
@@ -818,26 +818,56 @@ def _snm_one_spike(z, theta, theta_neg_code, membrane, memory, out):
 @njit(cache=True)
 def _snm_bursts(z, theta, theta_neg_code, max_spikes, membrane, memory, out):
     """:func:`snm_step` for neurons that may send up to ``max_spikes`` spikes a step."""
+    # The loop "while V >= theta: V -= theta" as max_spikes passes over a block of
+    # neurons, each deciding at most one more spike with selects only, so that every pass
+    # vectorises (a loop over the spikes inside the neuron loop does not). Between passes
+    # V stays in ``membrane``, the net count in ``memory`` and the spikes sent so far in
+    # ``out`` (a float, like the one-spike kernel's). The float operations per neuron are
+    # those of the scalar loop (tests/runtime/test_kernels.py checks it bit for bit).
     allow_negative = theta_neg_code != 2
+    neg_scale = np.float32(0.0) if theta_neg_code == 0 else np.float32(-1.0)
     spikes = 0
-    for i in range(z.size):
-        th = theta[i]
-        neg = np.float32(0.0) if theta_neg_code == 0 else -th
-        v = membrane[i] + z[i]
-        m = memory[i]
-        sent = 0
-        while sent < max_spikes and v >= th:
-            v -= th
-            sent += 1
-        if sent == 0 and allow_negative:
-            while sent > -max_spikes and v < neg and m + sent > 0:
-                v += th
-                sent -= 1
-        membrane[i] = v
-        memory[i] = m + sent
-        out[i] = sent * th
-        spikes += abs(sent)
+    for start in range(0, z.size, BURST_BLOCK):
+        end = min(start + BURST_BLOCK, z.size)
+        spikes += _snm_burst_block(z[start:end], theta[start:end], allow_negative, neg_scale,
+                                   max_spikes, membrane[start:end], memory[start:end],
+                                   out[start:end])
     return spikes
+
+
+@njit(cache=True)
+def _snm_burst_block(z, theta, allow_negative, neg_scale, max_spikes, membrane, memory,
+                     out):
+    # _snm_bursts on one block.
+    for i in range(z.size):
+        membrane[i] += z[i]
+        out[i] = np.float32(0.0)
+    for _ in range(max_spikes):
+        _snm_one_more(theta, allow_negative, neg_scale, membrane, memory, out)
+    spikes = 0
+    for i in range(out.size):  # a loop of its own: a reduction would not vectorise
+        spikes += np.int64(abs(out[i]))
+    for i in range(out.size):
+        out[i] *= theta[i]
+    return spikes
+
+
+@njit(cache=True)
+def _snm_one_more(theta, allow_negative, neg_scale, membrane, memory, out):
+    # One pass of _snm_bursts. A neuron that sent positive spikes never turns negative
+    # (``sent >= 0``) and one that sent negative ones never turns positive (``sent <= 0``):
+    # the scalar loop tries negative spikes only when no positive one was sent. The limit
+    # of max_spikes holds as there is one pass per spike.
+    for i in range(membrane.size):
+        th = theta[i]
+        v = membrane[i]
+        sent = out[i]
+        up = sent >= 0 and v >= th
+        down = allow_negative and sent <= 0 and v < th * neg_scale and memory[i] > 0
+        membrane[i] = v - th if up else (v + th if down else v)
+        step = np.float32(1.0) if up else (np.float32(-1.0) if down else np.float32(0.0))
+        memory[i] += np.int32(step)
+        out[i] = sent + step
 
 
 # --------------------------------------------------------------------------- executor

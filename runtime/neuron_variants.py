@@ -99,8 +99,8 @@ def tracking_parameters(node) -> tuple[np.ndarray, float]:
 def _spikes(running, memory, theta, v0, slope, bound, theta_neg_code, max_spikes):
     """The signed number of spikes one tracking neuron sends after its running input became
     ``running`` (float64), having sent ``memory`` in net; ``bound`` is ``upper * t``.
-    The firing rule of the module docstring, for :func:`tracking_scan` and the bursts of
-    :func:`tracking_step` (``_one_spike`` does the same operations for one spike)."""
+    The firing rule of the module docstring, for :func:`tracking_scan` (``_one_spike`` and
+    ``_track_bursts`` do the same operations as selects, for :func:`tracking_step`)."""
     value = running if running >= 0.0 else slope * running
     value = min(value, bound)
     v = v0 + value - theta * memory
@@ -136,7 +136,6 @@ def tracking_step(z, theta, v0, slope, upper, elapsed, theta_neg_code, max_spike
     Returns:
         The number of spikes sent (a burst of k counts k).
     """
-    channels = theta.size
     bound = upper * elapsed
     if max_spikes == 1:
         _track_one_spike(z, theta, v0, slope, bound, theta_neg_code, inner, running, memory,
@@ -146,21 +145,96 @@ def tracking_step(z, theta, v0, slope, upper, elapsed, theta_neg_code, max_spike
         for i in range(out.size):
             spikes += out[i] != 0
         return spikes
+    return _track_bursts(z, theta, v0, slope, bound, theta_neg_code, max_spikes, inner,
+                         running, memory, out)
+
+
+# Neurons per block of the burst kernels (here and kernels._snm_bursts): a block's arrays
+# stay in the L1 cache over its max_spikes passes.
+BURST_BLOCK = 512
+
+
+@njit(cache=True)
+def _track_bursts(z, theta, v0, slope, bound, theta_neg_code, max_spikes, inner, running,
+                  memory, out):
+    """:func:`tracking_step` for neurons that may send up to ``max_spikes`` spikes a step."""
+    # As kernels._snm_bursts: max_spikes passes over a block of neurons, each deciding one
+    # more spike with selects only, so that every pass vectorises. The passes are flat
+    # loops over per-neuron copies of the channel parameters (a loop over channels inside
+    # a loop over groups did not vectorise); the float64 V waits between passes in
+    # ``membrane``. The operations per neuron are those of _spikes (test_fused_tracking
+    # checks it bit for bit).
+    channels = theta.size
+    allow_negative = theta_neg_code != 2
+    neg_scale = 0.0 if theta_neg_code == 0 else -1.0
+    # channels-last: a block is whole groups, with the same parameters every time
+    span = max(1, BURST_BLOCK // channels) * channels if inner == 1 else inner
+    membrane = np.empty(span)
+    th = np.empty(span)
+    v = np.empty(span)
+    s = np.empty(span)
     spikes = 0
-    i = 0
-    for _ in range(z.size // (channels * inner)):
+    if inner == 1:
+        for j in range(span):
+            th[j] = theta[j % channels]
+            v[j] = v0[j % channels]
+            s[j] = slope[j % channels]
+        for start in range(0, z.size, span):
+            end = min(start + span, z.size)
+            spikes += _track_block(z[start:end], th, v, s, bound, allow_negative, neg_scale,
+                                   max_spikes, running[start:end], memory[start:end],
+                                   out[start:end], membrane)
+        return spikes
+    for g in range(z.size // (channels * inner)):
         for c in range(channels):
-            th = theta[c]
-            for _ in range(inner):
-                a = running[i] + z[i]
-                sent = _spikes(a, memory[i], th, v0[c], slope[c], bound, theta_neg_code,
-                               max_spikes)
-                running[i] = a
-                memory[i] += sent
-                out[i] = sent * th
-                spikes += abs(sent)
-                i += 1
+            th[:] = theta[c]
+            v[:] = v0[c]
+            s[:] = slope[c]
+            start = (g * channels + c) * inner
+            end = start + inner
+            spikes += _track_block(z[start:end], th, v, s, bound, allow_negative, neg_scale,
+                                   max_spikes, running[start:end], memory[start:end],
+                                   out[start:end], membrane)
     return spikes
+
+
+@njit(cache=True)
+def _track_block(z, theta, v0, slope, bound, allow_negative, neg_scale, max_spikes, running,
+                 memory, out, membrane):
+    # _track_bursts on one block; theta, v0, slope and membrane are per neuron (at least
+    # as long as the block).
+    for i in range(z.size):  # _spikes up to its loops: V before any spike of this step
+        a = running[i] + z[i]
+        value = a if a >= 0.0 else slope[i] * a
+        value = min(value, bound)
+        membrane[i] = v0[i] + value - theta[i] * memory[i]
+        running[i] = a
+        out[i] = 0.0
+    for _ in range(max_spikes):
+        _track_one_more(z.size, theta, allow_negative, neg_scale, membrane, out)
+    spikes = 0
+    for i in range(out.size):  # a loop of its own: a reduction would not vectorise
+        spikes += np.int64(abs(out[i]))
+    for i in range(out.size):
+        sent = out[i]
+        memory[i] += np.int32(sent)
+        out[i] = sent * theta[i]
+    return spikes
+
+
+@njit(cache=True)
+def _track_one_more(size, theta, allow_negative, neg_scale, membrane, out):
+    # One pass of _track_block. As in kernels._snm_one_more, the sign of ``sent`` keeps a
+    # neuron from turning from positive spikes to negative ones or back; there is no
+    # "M > 0" test (the module docstring says why).
+    for i in range(size):
+        th = theta[i]
+        v = membrane[i]
+        sent = out[i]
+        up = sent >= 0.0 and v >= th
+        down = allow_negative and sent <= 0.0 and v < th * neg_scale
+        membrane[i] = v - th if up else (v + th if down else v)
+        out[i] = sent + 1.0 if up else (sent - 1.0 if down else sent)
 
 
 @njit(cache=True, inline="always")
