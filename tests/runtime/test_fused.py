@@ -1,6 +1,5 @@
 """The fused executor against the node executor, on programs that use every fused op."""
 
-import textwrap
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import pytest
 from snncompiler.runtime import InputError, Node, Program, SpikingNetwork, TensorSpec
 from snncompiler.runtime import kernels as K
 from tests.runtime.programs import conv_snm_pool_gemm, residual
-from tests.without_jit import assert_prints_same_without_jit
+from tests.without_jit import assert_same_run_without_jit
 
 
 def conv(name, src, dst, rng, c_in, c_out, shape, stride=1, pad=1, kernel=3):
@@ -251,18 +250,6 @@ def test_a_new_batch_size_needs_a_reset():
 def test_kernels_give_the_same_bits_without_the_jit(tmp_path):
     """The kernels run as plain Python under NUMBA_DISABLE_JIT=1 (the SIMD helpers become
     numpy) and must give the jitted result bit for bit."""
-    program = every_fused_op()
-    x = inputs((2, 9, 9), batch=2)
-    expected = SpikingNetwork(program).run(x, 3)
-    np.savez(tmp_path / "expected.npz", x=x, **expected)
-    code = textwrap.dedent(f"""
-        import numpy as np
-        from tests.runtime.test_fused import every_fused_op
-        from snncompiler.runtime import SpikingNetwork
-        data = np.load({str(tmp_path / "expected.npz")!r})
-        got = SpikingNetwork(every_fused_op()).run(data["x"], 3)
-        for name, value in got.items():
-            np.testing.assert_array_equal(value, data[name])
-        print("same")
-    """)
-    assert_prints_same_without_jit(code)
+    assert_same_run_without_jit(every_fused_op(),
+                                ("tests.runtime.test_fused", "every_fused_op()"),
+                                inputs((2, 9, 9), batch=2), 3, tmp_path)

@@ -18,7 +18,6 @@ rest is not:
   where numpy pairs: the float32 outputs agree to ``rtol=1e-6``.
 """
 
-import textwrap
 from math import prod
 
 import numpy as np
@@ -40,7 +39,7 @@ from snncompiler.runtime.shape_ops import (
 )
 from tests.runtime.programs import analog, assert_independent_of_chunking, every_op
 from tests.runtime.test_analog_and_shape_ops import spiking_program
-from tests.without_jit import assert_prints_same_without_jit
+from tests.without_jit import assert_same_run_without_jit
 
 ROUNDING = {"rtol": 1e-5, "atol": 1e-6}  # float32 sums in another order
 LIBRARY = {"rtol": 1e-6, "atol": 1e-7}  # float64 exp, log, ... within an ulp
@@ -130,20 +129,8 @@ def test_results_do_not_depend_on_chunks_streaming_batch_or_threads(make):
 
 
 def test_the_gather_and_analog_kernels_give_the_same_bits_without_the_jit(tmp_path):
-    x = images((3, 6, 6), batch=1)
-    expected = SpikingNetwork(every_op()).run(x, 3)
-    np.savez(tmp_path / "expected.npz", x=x, **expected)
-    code = textwrap.dedent(f"""
-        import numpy as np
-        from tests.runtime.programs import every_op
-        from snncompiler.runtime import SpikingNetwork
-        data = np.load({str(tmp_path / "expected.npz")!r})
-        got = SpikingNetwork(every_op()).run(data["x"], 3)
-        for name, value in got.items():
-            np.testing.assert_array_equal(value, data[name])
-        print("same")
-    """)
-    assert_prints_same_without_jit(code)
+    assert_same_run_without_jit(every_op(), ("tests.runtime.programs", "every_op()"),
+                                images((3, 6, 6), batch=1), 3, tmp_path)
 
 
 # --------------------------------------------------------------------------- index maps

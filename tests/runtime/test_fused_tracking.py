@@ -7,7 +7,6 @@ both: its spikes, its counters, and every readout but the gemm's (BLAS adds in a
 order in the node executor) must be equal.
 """
 
-import textwrap
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from snncompiler.runtime.neurons import THETA_NEG_CODES
 from snncompiler.runtime.stats import activity
 from tests.runtime.programs import assert_independent_of_chunking, dense_tracking, mobile_block
 from tests.runtime.test_fused import inputs
-from tests.without_jit import assert_prints_same_without_jit
+from tests.without_jit import assert_same_run_without_jit
 
 EXACT_OUTPUTS = {"s3", "s4", "pooled"}  # mobile_block's outputs that no gemm computes
 NEURONS = {"n1", "n2", "n3", "n4"}
@@ -153,18 +152,7 @@ def test_the_step_kernel_is_the_reference_step(layer, max_spikes):
 
 
 def test_tracking_gives_the_same_bits_without_the_jit(tmp_path):
-    program_code = "mobile_block(theta_neg='minus_theta', max_spikes=2)"
-    x = 2 * inputs((3, 8, 8), batch=1)
-    expected = SpikingNetwork(mobile_block(theta_neg="minus_theta", max_spikes=2)).run(x, 3)
-    np.savez(tmp_path / "expected.npz", x=x, **expected)
-    code = textwrap.dedent(f"""
-        import numpy as np
-        from tests.runtime.programs import mobile_block
-        from snncompiler.runtime import SpikingNetwork
-        data = np.load({str(tmp_path / "expected.npz")!r})
-        got = SpikingNetwork({program_code}).run(data["x"], 3)
-        for name, value in got.items():
-            np.testing.assert_array_equal(value, data[name])
-        print("same")
-    """)
-    assert_prints_same_without_jit(code)
+    assert_same_run_without_jit(mobile_block(theta_neg="minus_theta", max_spikes=2),
+                                ("tests.runtime.programs",
+                                 "mobile_block(theta_neg='minus_theta', max_spikes=2)"),
+                                2 * inputs((3, 8, 8), batch=1), 3, tmp_path)
