@@ -268,6 +268,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             + ["| " + " | ".join(row) + " |" for row in rows] + [""])
 
 
+def gap_verdict(name: str, t: int, gap: float, limit: float) -> str:
+    """One verdict line: the gap to the ANN in points against its target. Accuracies are
+    whole images, so the float residue of the difference is rounded away first (0.1 + 1e-15
+    is a gap of 10 images of 10,000, as shown)."""
+    gap = round(gap, 6)
+    return (f"{name} T={t}: gap {gap:.2f} (target <= {limit}): "
+            + ("met" if gap <= limit else f"missed by {gap - limit:.2f}"))
+
+
 def targets_section(full: dict, peers: dict | None) -> list[str]:
     """The default variant on the full test set against the targets and against the peer."""
     grid = full["timesteps"]
@@ -302,9 +311,7 @@ def targets_section(full: dict, peers: dict | None) -> list[str]:
         lines += _table(["", *(f"T={t}" for t in grid)], rows)
         for t, limit in TARGET_GAPS.items():
             if t in grid:
-                gap = gaps[grid.index(t)]
-                verdicts.append(f"{name} T={t}: gap {gap:.2f} (target <= {limit}): "
-                                + ("met" if gap <= limit else f"missed by {gap - limit:.2f}"))
+                verdicts.append(gap_verdict(name, t, gaps[grid.index(t)], limit))
         compared = [(t, o - b) for t, o, b in zip(grid, ours, best_peer)
                     if b is not None and t <= PEER_HORIZON]
         if compared:
@@ -375,11 +382,8 @@ def low_t_section(low: dict, full: dict | None) -> list[str]:
             continue
         for t, limit in LOW_T_GAPS.items():
             if t in grid:
-                # Accuracies are whole images: round away the float residue of the
-                # difference (0.1 - 1e-15 is a gap of 10 images of 10,000, as shown).
-                gap = round(ann - 100 * default["accuracy"][grid.index(t)], 6)
-                verdicts.append(f"{name} T={t}: gap {gap:.2f} (target <= {limit}): "
-                                + ("met" if gap <= limit else f"missed by {gap - limit:.2f}"))
+                verdicts.append(gap_verdict(
+                    name, t, ann - 100 * default["accuracy"][grid.index(t)], limit))
         if base_ops and default.get("synaptic_ops"):
             ratios = [o / b for o, b in zip(default["synaptic_ops"], base_ops)]
             worst = max(range(len(grid)), key=lambda i: ratios[i])
