@@ -11,10 +11,10 @@ sends over T steps by about ``d / T`` per step while it is neither silent nor sa
 
 moves channel c's mean output towards its target, without touching weights or biases. The
 target is ``E[q(a_c)]``, what the first stage's neuron would send for the ANN's activations
-``a_c`` if its input were constant (:func:`target_means`): for the first layer the shift is
-then 0, and deeper layers lose only the bias that the time-varying input adds. (Matching
-``E[relu(a_c)]`` instead also undoes the clipping that the first stage chose on purpose;
-it measured worse, see docs/results/fidelity.md.)
+``a_c`` if its input were constant (:func:`second_stage_targets`): for the first layer the
+shift is then 0, and deeper layers lose only the bias that the time-varying input adds.
+(Matching ``E[relu(a_c)]`` instead also undoes the clipping that the first stage chose on
+purpose; it measured worse, see docs/results/fidelity.md.)
 
 How. For each calibrated T (its own row of parameters), the compiled program runs on the
 first ``second_stage_samples`` calibration images for T steps with the runtime engine; an
@@ -23,15 +23,19 @@ same run, then the run is repeated (``second_stage_sweeps`` in all): the first s
 corrects each layer for the bias it shows with the earlier layers uncorrected, the next
 ones for what is left once they are corrected. This is the layer-by-layer correction in
 topological order done a few times for the price of a few simulations, instead of one
-simulation per layer. The targets come from the ANN's activations on the same images
-(:func:`record_second_stage_stats`, onnxruntime before the Relus are replaced), so both sides of the
-difference see the same samples; see :func:`target_means` for what exactly is matched.
+simulation per layer. The targets come from the ANN's activations on the same images, so
+both sides of the difference see the same samples: :func:`record_second_stage_stats` keeps
+the ANN before its Relus are replaced, and :func:`balance_potentials` runs it in onnxruntime
+on those images, batch by batch, for the thresholds and initial potentials that the program
+holds when it runs (:func:`second_stage_targets`). Per channel and row only a sum is kept,
+so memory does not grow with the images; the sums are exact (whole-number spike counts),
+not read off a histogram.
 
 Neurons. ReLU neurons (``snm``) and clipped neurons (``snm_clip``, from ``Clip(x, 0, hi)``
 and ReLU6): for a constant input ``a`` the clipped neuron sends what the ReLU neuron sends
 for ``clip(a, 0, hi)``, so the same ``q``, applied to the Clip's output, is its target (see
-:func:`stats_tensor`). Leaky neurons are left alone: their target would need the sign of
-``f(x)``, and their own constant-input output, which differs with ``theta_neg``.
+:func:`target_tensor`). Leaky neurons are left alone: their target would be their own
+constant-input output, which is not ``q`` and differs with ``theta_neg``.
 
 Checked on held-out images. A correction estimated on some images can be wrong for
 others, and the sweeps correct every layer at once from one run, so a deep network can be
@@ -48,16 +52,23 @@ that the input does not justify is taken back. A plain IF neuron (``theta_neg="o
 cannot take a spike back, so its ``v0`` stays below ``theta``. A clipped neuron's ``v0``
 stays at 0 or above: it has no "M > 0" test on negative spikes, so a negative ``v0`` would
 let its count, and its output, fall below 0.
+
+Where. With a Dask cluster (``ctx.cluster``) the simulations run on its workers
+(:meth:`~snncompiler.distributed.Cluster.channel_means`); the targets are computed here,
+on the client: one pass of the ANN over ``second_stage_samples`` images is cheap next to
+the simulations, and computed in one place they need no merging.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from numba import njit
 from tqdm.auto import tqdm
 
 from snncompiler.context import CompileContext
@@ -66,16 +77,17 @@ from snncompiler.frontend import ort_session
 from snncompiler.runtime.engine import SpikingNetwork, nearest_calibrated
 from snncompiler.runtime.graph import Program
 
-from .calibration_stats import ChannelHistogram, collect_activation_stats
-from .dni import spike_output
 from .replace_activations import is_clip_neuron
+
+if TYPE_CHECKING:
+    import onnx
 
 # Bounds of the corrected initial potential, in units of the neuron's threshold.
 V0_MIN = -1.0
 V0_MAX = 2.0
 
-# What the SNN's mean output is matched to, see target_means ("model" measured better than
-# "relu"; kept as a constant so the ablation can be rerun, not as a user option).
+# What the SNN's mean output is matched to, see second_stage_targets ("model" measured
+# better than "relu"; kept as a constant so the ablation can be rerun, not as a user option).
 TARGET = "model"
 
 # Images simulated at once, at most; fewer where their neuron state would take more than
@@ -83,54 +95,51 @@ TARGET = "model"
 _BATCH = 64
 
 
-def stats_tensor(node) -> str | None:
-    """The tensor whose histogram gives a lowered neuron's target, or None if not corrected.
+def target_tensor(node) -> str | None:
+    """The ANN tensor whose values give a lowered neuron's target, or None if not corrected.
 
-    A ReLU neuron (``snm``): the Relu's input (``q`` clips it at 0). A clipped neuron
-    (``snm_clip``): the Clip's output ``clip(x, 0, hi)``, which it tracks and was calibrated
-    on, so the same ``q`` applies. Leaky neurons are left alone: their target needs the
-    sign of ``f(x)``, which the histograms (positive values only) do not keep.
+    A ReLU neuron (``snm``): the Relu's input. A clipped neuron (``snm_clip``): the Clip's
+    output ``clip(x, 0, hi)``, which it tracks and was calibrated on, so the same ``q``
+    applies. Leaky neurons are left alone (see the module docstring).
     """
     if node.op == "snm":
         return node.inputs[0]
     return node.output if node.op == "snm_clip" else None
 
 
-def target_means(hist: ChannelHistogram, theta: np.ndarray, v0: np.ndarray, steps: int,
-                 max_spikes: int) -> np.ndarray:
-    """What each channel should send per step on average: ``E[q(a)]`` or ``E[relu(a)]``.
+@dataclass(frozen=True)
+class SecondStageAnn:
+    """The ANN that the second stage's targets come from (:func:`record_second_stage_stats`).
 
-    With :data:`TARGET` ``"model"`` it is the mean of ``q(a)``, the output of the
-    first stage's neuron for a constant input ``a`` (``dni.spike_output``), over the ANN's
-    activations: the first stage chose to clip and round, so the second stage removes only
-    the bias that comes on top of that, from inputs that vary over time. ``"relu"``
-    targets the ANN's own mean and also undoes the first stage's clipping.
+    Attributes:
+        model: The graph as it was before its Relus were replaced, with every tensor of
+            ``tensors`` that is not a graph input added as a graph output.
+        tensors: The tensors of the neurons the second stage may correct
+            (:func:`target_tensor`).
+        readout: The ANN's output, which the held-out check compares the SNN's readout
+            with; None for a model with several outputs.
     """
-    if TARGET == "relu":
-        return hist.sum_positive / np.maximum(hist.n_total, 1)
-    q = spike_output(hist.bin_means(), theta[:, None].astype(np.float64),
-                     v0[:, None].astype(np.float64), steps, max_spikes)
-    return (q * hist.counts).sum(axis=1) / np.maximum(hist.n_total, 1)
+
+    model: onnx.ModelProto
+    tensors: tuple[str, ...]
+    readout: str | None
 
 
 def record_second_stage_stats(graph: gs.Graph, ctx: CompileContext) -> int:
-    """Pass: histograms of every Relu's input and Clip(x, 0, hi)'s output on the images the
-    second stage simulates.
+    """Pass: keeps the ANN that the second stage's targets are computed from, after lowering.
 
-    Runs only with ``ctx.config.second_stage``. Uses the first
-    ``ctx.config.second_stage_samples`` calibration images, the ones that
-    :func:`balance_potentials` simulates (:func:`second_stage_images`), and stores their
-    per-channel histograms in ``ctx.second_stage_stats`` for the images that estimate the
-    shifts and ``ctx.second_stage_check_stats`` for the held-out ones (keyed by tensor name,
-    like ``ctx.neuron_params``; see :func:`stats_tensor`), from which :func:`target_means`
-    comes, and the ANN's output on the held-out images in ``ctx.second_stage_reference``.
+    Runs only with ``ctx.config.second_stage``. Stores in ``ctx.second_stage_ann`` the
+    graph exported as it stands, with the input of every Relu and the output of every
+    ``Clip(x, 0, hi)`` added as graph outputs (:class:`SecondStageAnn`). Nothing is run
+    here: the targets depend on the thresholds and initial potentials that the program
+    holds when :func:`balance_potentials` runs, which a step after lowering may change.
 
     Preconditions: the graph is still an ANN that onnxruntime can run (before
-    ``replace_relu``), and calibration data was given.
+    ``replace_relu``).
     Preserves: the graph is not modified.
 
     Returns:
-        The number of tensors measured.
+        The number of tensors kept for the targets.
     """
     if not ctx.config.second_stage:
         return 0
@@ -140,23 +149,161 @@ def record_second_stage_stats(graph: gs.Graph, ctx: CompileContext) -> int:
         + [node.outputs[0].name for node in graph.nodes if is_clip_neuron(node)]))
     if not names:
         return 0
-    if ctx.calibration_batches is None:
-        raise CalibrationError("the second stage needs calibration data: pass --calib FILE.npz")
-    fit, check = second_stage_images(ctx, graph.inputs[0].name)
-    model = gs.export_onnx(graph)
-    collect = ctx.cluster.activation_stats if ctx.cluster is not None \
-        else collect_activation_stats
-    for images, stats in ((fit, ctx.second_stage_stats), (check, ctx.second_stage_check_stats)):
-        if len(images):
-            stats.update(collect(
-                model, names, _batches(graph.inputs[0].name, images, ctx),
-                bins=ctx.config.histogram_bins, progress=ctx.config.progress,
-                total=len(images)))
-    if len(check) and len(graph.outputs) == 1:
-        session = ort_session(model)
-        ctx.second_stage_reference = np.concatenate([
-            session.run(None, feed)[0] for feed in _batches(graph.inputs[0].name, check, ctx)])
+    work = graph.copy()
+    tensors = work.tensors()
+    # A graph input is read from the feed; a tensor that is already an output stays one.
+    skip = {t.name for t in work.inputs} | {t.name for t in work.outputs}
+    for name in names:
+        if name not in skip:
+            tensor = tensors[name]
+            tensor.dtype = tensor.dtype or np.float32
+            work.outputs.append(tensor)
+    readout = graph.outputs[0].name if len(graph.outputs) == 1 else None
+    ctx.second_stage_ann = SecondStageAnn(gs.export_onnx(work), tuple(names), readout)
     return len(names)
+
+
+@dataclass
+class Targets:
+    """What :func:`balance_potentials` matches, per parameter row ``r`` of the program.
+
+    Attributes:
+        fit: ``fit[r][node]``: ``(C,)`` float64, the target of each channel of the neuron
+            node (:func:`second_stage_targets`) over the images that fit the shifts.
+        check: The same over the held-out images; None when there are none.
+        reference: The ANN's output on the held-out images, ``(n, ...)``; None when there
+            are none, or the model has several outputs.
+    """
+
+    fit: list[dict[str, np.ndarray]]
+    check: list[dict[str, np.ndarray]] | None
+    reference: np.ndarray | None
+
+
+def second_stage_targets(ann: SecondStageAnn, neurons: list, timesteps: list[int],
+                         batches: Iterable[dict[str, np.ndarray]], fit: int, *,
+                         bar=None) -> Targets:
+    """Every channel's target, ``E[q(a)]`` (or ``E[relu(a)]``, see :data:`TARGET`), for
+    every parameter row, over the images that fit the shifts and over the held-out ones.
+
+    ``q(a)`` is the output of the first stage's neuron for a constant input ``a``
+    (``dni.spike_output``), with the node's threshold and initial potential of the row,
+    and ``a`` runs over the values of the channel in the ANN (:func:`target_tensor`): the
+    first stage chose to clip and round, so the second stage removes only the bias that
+    comes on top of that, from inputs that vary over time. ``"relu"`` targets the ANN's own
+    mean, and so also undoes the first stage's clipping.
+
+    onnxruntime runs ``ann.model`` on ``batches`` in turn; each activation is summed into
+    its channels and dropped before the next batch, so memory does not grow with the
+    images. Nothing is binned: ``q(a) = theta / T * n(a)`` for a whole number ``n(a)``, so
+    what is summed is ``n(a)`` (:func:`add_level_counts`), exactly and in any order, and
+    multiplied by ``theta / T`` at the end. The parameters are read from ``neurons`` when
+    this is called.
+
+    Args:
+        ann: The ANN (:func:`record_second_stage_stats`).
+        neurons: The program's neuron nodes (``snm``, ``snm_clip``) whose tensor is in
+            ``ann.tensors``.
+        timesteps: T of each parameter row.
+        batches: Feeds ``{input_name: images}`` of the second stage's images, in order.
+        fit: The number of images, from the first, that fit the shifts; the rest check them.
+        bar: A tqdm bar counting images.
+
+    Raises:
+        CalibrationError: A tensor whose channel axis does not fit its neuron's parameters.
+    """
+    session = ort_session(ann.model)
+    produced = {o.name for o in session.get_outputs()}
+    fetched = list(dict.fromkeys(
+        ([ann.readout] if ann.readout is not None else [])
+        + [target_tensor(n) for n in neurons if target_tensor(n) in produced]))
+    params = {n.name: _row_parameters(n, timesteps) for n in neurons}
+    sums = ({}, {})  # node -> [channel sums, values per channel]; fitting, held-out images
+    reference = []
+    first = 0
+    for feed in batches:
+        found = dict(zip(fetched, session.run(fetched, feed))) if fetched else {}
+        images = len(next(iter(feed.values())))
+        cut = min(max(fit - first, 0), images)  # the batch's images that fit the shifts
+        for node in neurons:
+            name = target_tensor(node)
+            x = _channels_view(found[name] if name in found else feed[name], node, name)
+            for part, total in ((x[:cut], sums[0]), (x[cut:], sums[1])):
+                if len(part):
+                    entry = total.setdefault(node.name, [0, 0])
+                    entry[0] = entry[0] + _channel_sums(part, *params[node.name])
+                    entry[1] += part.shape[0] * part.shape[2]
+        if ann.readout is not None and cut < images:
+            reference.append(found[ann.readout][cut:])
+        first += images
+        # Drop this batch's activations before the next batch runs.
+        del found, feed
+        if bar is not None:
+            bar.update(images)
+    means = [_target_means(total, params, len(timesteps)) if total else None
+             for total in sums]
+    return Targets(means[0], means[1], np.concatenate(reference) if reference else None)
+
+
+def _row_parameters(node, timesteps: list[int]) -> tuple[np.ndarray, ...]:
+    """``(theta, v0, steps, top)`` of :func:`add_level_counts` for a neuron node's rows."""
+    steps = np.asarray(timesteps, dtype=np.float64)
+    return (node.arrays["theta"].astype(np.float64), node.arrays["v0"].astype(np.float64),
+            steps, int(node.attrs["max_spikes_per_step"]) * steps)
+
+
+def _channels_view(tensor: np.ndarray, node, name: str) -> np.ndarray:
+    """``tensor`` as a float32 ``(N, C, L)`` array, C checked against the node's rows."""
+    channels = node.arrays["theta"].shape[1]
+    if tensor.ndim < 2 or tensor.shape[1] != channels:
+        raise CalibrationError(
+            f"node {node.name!r}: tensor {name!r} has shape {list(tensor.shape)} in the ANN, "
+            f"its neuron parameters expect (N, {channels}, ...)")
+    return np.ascontiguousarray(tensor, dtype=np.float32).reshape(len(tensor), channels, -1)
+
+
+def _channel_sums(x: np.ndarray, theta, v0, steps, top) -> np.ndarray:
+    """What :func:`second_stage_targets` sums of ``(N, C, L)`` ``x``: per row and channel
+    ``sum n(a)`` (int64, ``(R, C)``), or for :data:`TARGET` ``"relu"`` ``sum relu(a)``
+    (float64, ``(C,)``)."""
+    if TARGET == "relu":
+        return np.maximum(x, 0).sum(axis=(0, 2), dtype=np.float64)
+    counts = np.zeros(theta.shape, dtype=np.int64)
+    add_level_counts(x, theta, v0, steps, top, counts)
+    return counts
+
+
+def _target_means(sums: dict, params: dict, rows: int) -> list[dict[str, np.ndarray]]:
+    """Per row, node -> ``(C,)`` mean of ``q(a)`` (or ``relu(a)``) from the channel sums."""
+    means = [{} for _ in range(rows)]
+    for name, (total, values) in sums.items():
+        theta, _, steps, _ = params[name]
+        for row in range(rows):
+            means[row][name] = (total / values if TARGET == "relu"
+                                else theta[row] / steps[row] * total[row] / values)
+    return means
+
+
+@njit(cache=True, nogil=True)
+def add_level_counts(x, theta, v0, steps, top, counts):
+    """``counts[r, c] += sum n(x[i, c, l])`` over images i and positions l, for every row r:
+    ``n(a) = clip(floor((T * a + v0) / theta), 0, k * T)``, the spikes per T steps that
+    ``dni.spike_output`` multiplies by ``theta / T`` (the same float64 operations).
+
+    Args:
+        x: ``(N, C, L)`` float32 activations.
+        theta, v0: ``(R, C)`` float64 parameters, one row per target T.
+        steps, top: ``(R,)`` float64, each row's T and ``k * T``.
+        counts: ``(R, C)`` int64, added to.
+    """
+    for r in range(theta.shape[0]):
+        for c in range(x.shape[1]):
+            total = 0
+            for i in range(x.shape[0]):
+                for j in range(x.shape[2]):
+                    n = np.floor((steps[r] * np.float64(x[i, c, j]) + v0[r, c]) / theta[r, c])
+                    total += int(min(max(n, 0.0), top[r]))
+            counts[r, c] += total
 
 
 def second_stage_images(ctx: CompileContext, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -169,18 +316,15 @@ def second_stage_images(ctx: CompileContext, name: str) -> tuple[np.ndarray, np.
     return images[:fit], images[fit:]
 
 
-def _batches(name: str, images: np.ndarray, ctx: CompileContext):
-    size = ctx.config.calib_batch_size
-    return ({name: images[i:i + size]} for i in range(0, len(images), size))
-
-
 def balance_potentials(program: Program, ctx: CompileContext) -> int:
     """Post-lowering step: shifts each ``snm`` and ``snm_clip`` channel's ``v0`` by
     ``T * (target - SNN mean)``.
 
-    See the module docstring. Every calibrated T is corrected in its own parameter row.
+    See the module docstring. Every calibrated T is corrected in its own parameter row,
+    towards targets computed first (:func:`second_stage_targets`) for the thresholds and
+    initial potentials the program holds when this runs.
 
-    Preconditions: ``record_second_stage_stats`` ran (``ctx.second_stage_stats``), the
+    Preconditions: ``record_second_stage_stats`` ran (``ctx.second_stage_ann``), the
     program has one input, and ``program.timesteps`` lists the rows of every neuron's ``v0``.
     Preserves: weights, biases and thresholds; only ``v0`` arrays of ``snm`` and
     ``snm_clip`` nodes change.
@@ -189,22 +333,31 @@ def balance_potentials(program: Program, ctx: CompileContext) -> int:
         The number of (row, channel) initial potentials changed.
     """
     config = ctx.config
-    stats = ctx.second_stage_stats
-    neurons = [n for n in program.nodes if stats_tensor(n) in stats]
-    if not neurons or not config.second_stage:
+    ann = ctx.second_stage_ann
+    if ann is None or not config.second_stage:
+        return 0
+    neurons = [n for n in program.nodes if target_tensor(n) in ann.tensors]
+    if not neurons:
         return 0
     if len(program.inputs) != 1:
         raise CalibrationError("the second stage supports single-input models")
+    if ctx.calibration_batches is None:
+        raise CalibrationError("the second stage needs calibration data: pass --calib FILE.npz")
     fit, check = second_stage_images(ctx, program.inputs[0].name)
     names = [n.name for n in neurons]
     before = {n.name: n.arrays["v0"].copy() for n in neurons}
     for node in neurons:
         node.arrays["v0"] = np.array(node.arrays["v0"], dtype=np.float32)
+    with tqdm(total=len(fit) + len(check), desc="second stage targets", unit="images",
+              disable=not config.progress, leave=False) as bar:
+        targets = second_stage_targets(
+            ann, neurons, program.timesteps,
+            _first_images(ctx.calibration_batches(), _sample_count(ctx)), len(fit), bar=bar)
+    ctx.second_stage_reference = targets.reference
     outcomes = []
     for row, steps in enumerate(program.timesteps):
-        fit_targets = _row_targets(neurons, stats, row, steps)
-        check_targets = (_row_targets(neurons, ctx.second_stage_check_stats, row, steps)
-                         if len(check) else None)
+        fit_targets = targets.fit[row]
+        check_targets = targets.check[row] if targets.check is not None else None
         start = {n.name: n.arrays["v0"][row].copy() for n in neurons}
         # Image-steps simulated for this T: the sweeps on the fitting images, then the
         # held-out images before and after (and once more if some shifts are reverted).
@@ -217,7 +370,7 @@ def balance_potentials(program: Program, ctx: CompileContext) -> int:
         if check_targets is not None:
             means, readout = simulate(check, readout=True)
             start_error = _channel_errors(means, check_targets)
-            start_net = _network_error(readout, ctx.second_stage_reference)
+            start_net = _network_error(readout, targets.reference)
         for _ in range(config.second_stage_sweeps):
             means = simulate(fit)
             for node in neurons:
@@ -237,7 +390,7 @@ def balance_potentials(program: Program, ctx: CompileContext) -> int:
         if reverted:  # the readout of what is kept
             _, readout = simulate(check, readout=True)
         bar.close()
-        net = _network_error(readout, ctx.second_stage_reference)
+        net = _network_error(readout, targets.reference)
         if net is not None and start_net is not None and net >= start_net:
             for node in neurons:
                 node.arrays["v0"][row] = start[node.name]
@@ -258,13 +411,6 @@ def balance_potentials(program: Program, ctx: CompileContext) -> int:
         + "; ".join(outcomes))
     ctx.second_stage_outcomes = outcomes
     return changed
-
-
-def _row_targets(neurons, stats: dict, row: int, steps: int) -> dict[str, np.ndarray]:
-    """:func:`target_means` of every neuron node for parameter row ``row`` (T = ``steps``)."""
-    return {n.name: target_means(stats[stats_tensor(n)], n.arrays["theta"][row],
-                                 n.arrays["v0"][row], steps, int(n.attrs["max_spikes_per_step"]))
-            for n in neurons}
 
 
 def _channel_errors(means: dict[str, np.ndarray], targets: dict[str, np.ndarray]):

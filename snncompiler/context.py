@@ -13,6 +13,7 @@ from snncompiler.runtime.opset import NEGATIVE_THRESHOLDS
 
 if TYPE_CHECKING:
     from snncompiler.distributed import Cluster
+    from snncompiler.passes.balance_potentials import SecondStageAnn
 
 INITIAL_POTENTIALS = ("dni", "half", "zero")
 GRANULARITIES = ("channel", "layer")
@@ -114,10 +115,11 @@ class CompileContext:
             parameters (theta and v0 of shape (len(timesteps), C)).
         report: Human-readable lines that passes want the user to see.
         readout: Filled by ``mark_readout``: graph output name -> readout kind.
-        second_stage_stats: Filled by ``record_second_stage_stats`` (second stage only): activation
-            tensor name -> per-channel histogram on the images the second stage simulates.
-        second_stage_check_stats: The same on the held-out images that check the second
-            stage's shifts; ``second_stage_reference``: the ANN's output on them.
+        second_stage_ann: Filled by ``record_second_stage_stats`` (second stage only): the
+            ANN before its Relus are replaced, which the second stage's targets come from
+            (:class:`snncompiler.passes.balance_potentials.SecondStageAnn`).
+        second_stage_reference: Filled by ``balance_potentials``: the ANN's output on the
+            held-out images that check the second stage's shifts.
         second_stage_outcomes: One line per target T: what the check kept or reverted.
         dry_run: Check and lower the graph without calibration data (placeholder neuron
             parameters), for ``snnc inspect`` and early error reporting.
@@ -134,8 +136,7 @@ class CompileContext:
     neuron_params: dict = field(default_factory=dict)
     report: list[str] = field(default_factory=list)
     readout: dict = field(default_factory=dict)
-    second_stage_stats: dict = field(default_factory=dict)
-    second_stage_check_stats: dict = field(default_factory=dict)
+    second_stage_ann: SecondStageAnn | None = None
     second_stage_reference: np.ndarray | None = None
     second_stage_outcomes: list[str] = field(default_factory=list)
     dry_run: bool = False

@@ -33,8 +33,10 @@ make, and its result is kept per batch, keyed by the shard's index:
   histograms, bit for bit. The price is running the ANN twice per batch.
 - The second stage's simulations: sums of net spike counts per channel, whole numbers,
   which add up exactly from shards cut at the engine's batches
-  (:func:`~snncompiler.passes.balance_potentials.spike_sums`). The ANN's outputs on the
-  held-out images (at most ``second_stage_samples / 2``) are computed on the client.
+  (:func:`~snncompiler.passes.balance_potentials.spike_sums`). Its targets (one pass of
+  the ANN over its ``second_stage_samples`` images,
+  :func:`~snncompiler.passes.balance_potentials.second_stage_targets`) and the ANN's
+  outputs on the held-out ones are computed on the client.
 
 So a compile on a cluster writes the same ``.snn`` bytes as one on the client, given
 workers whose onnxruntime computes the same activations as the client's (same library

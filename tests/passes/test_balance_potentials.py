@@ -4,19 +4,25 @@ import numpy as np
 import onnx
 import pytest
 
-from snncompiler.context import CompileConfig
-from snncompiler.npz import Dataset
+from snncompiler import frontend
+from snncompiler.context import CompileConfig, CompileContext
+from snncompiler.lowering import lower_graph
+from snncompiler.npz import Dataset, feeds
+from snncompiler.passes import balance_potentials as stage
 from snncompiler.passes.balance_potentials import (
     V0_MAX,
     V0_MIN,
     _first_images,
+    add_level_counts,
+    second_stage_targets,
     snn_channel_means,
 )
 from snncompiler.passes.dni import spike_output
-from snncompiler.pipeline import compile_model
+from snncompiler.pipeline import compile_model, run_passes
 from snncompiler.runtime.engine import SpikingNetwork
 from tests.graph_builder import GraphBuilder
 from tests.onnx_models import run
+from tests.without_jit import assert_prints_same_without_jit
 
 
 def deep_model(seed: int = 0, clip: float | None = None) -> onnx.ModelProto:
@@ -90,7 +96,7 @@ def mean_errors(program, reference, model, x, steps):
     """Sum over neuron layers and channels of |SNN mean output - E[q(a)]| on ``x``.
 
     ``q`` is the first stage's constant-input neuron with ``reference``'s (DNI) parameters,
-    the target of the second stage (balance_potentials.target_means).
+    the target of the second stage (balance_potentials.second_stage_targets).
     """
     row = program.timesteps.index(steps)
     neurons = {n.name: n for n in reference.neuron_nodes()}
@@ -207,3 +213,142 @@ def test_the_held_out_output_error_never_grows(compiled, request):
                           [-1] - ann) ** 2).sum()) for r in (plain, balanced)]
         assert errors[1] <= errors[0], (steps, errors)
 
+
+
+# --------------------------------------------------------------------------- the targets
+
+
+def target_model() -> onnx.ModelProto:
+    """x (2, 6, 6) -> relu -> conv -> clip(0, 1.5) -> conv -> relu -> gemm (7) -> relu ->
+    gemm (3): a neuron on the graph input, a clipped one, and one on (N, F) features."""
+    b = GraphBuilder((2, 6, 6), np.random.default_rng(3))
+    b.relu()
+    b.conv(4)
+    b.op("Clip", [b._const("lo", np.float32(0)), b._const("hi", np.float32(1.5))])
+    b.conv(3)
+    b.relu()
+    b.flatten()
+    b.gemm(7)
+    b.relu()
+    b.gemm(3)
+    return b.model()
+
+
+def lowered(model, x, folder, batch):
+    """The model through the pass pipeline (timesteps 2 and 5) and lowering: ctx, program."""
+    onnx.save(model, folder / "model.onnx")
+    graph = frontend.import_graph(frontend.load_model(folder / "model.onnx"))
+    config = CompileConfig(timesteps=(2, 5), progress=False)
+    ctx = CompileContext(config, calibration_batches=lambda: feeds(x, "x", batch),
+                         calibration_size=len(x))
+    run_passes(graph, ctx)
+    return ctx, lower_graph(graph, ctx)
+
+
+@pytest.mark.parametrize("target", ["model", "relu"])
+def test_targets_are_the_means_over_the_ann_activations(target, tmp_path, monkeypatch):
+    """Against numpy on onnxruntime's activations of the original model: per row, per node,
+    the mean of q(a) (or relu(a)) over the fitting images and over the held-out ones, for
+    the parameters the program holds when the targets are computed, and the ANN's output on
+    the held-out images. Batches of 5 for 13 images: the 7 fitting images end inside the
+    second batch."""
+    monkeypatch.setattr(stage, "TARGET", target)
+    model = target_model()
+    x = np.random.default_rng(4).normal(size=(13, 2, 6, 6)).astype(np.float32)
+    ctx, program = lowered(model, x, tmp_path, batch=5)
+    neurons = program.neuron_nodes()
+    assert sorted(n.op for n in neurons) == ["snm", "snm", "snm", "snm_clip"]
+    assert set(ctx.second_stage_ann.tensors) == {stage.target_tensor(n) for n in neurons}
+    # What a step after lowering might leave: other thresholds, and v0 outside [0, theta),
+    # where q of a negative activation is not 0 (so the values must not be a Relu's).
+    rng = np.random.default_rng(5)
+    for node in neurons:
+        theta = node.arrays["theta"] * rng.uniform(0.3, 1.0, node.arrays["theta"].shape)
+        node.arrays["theta"] = theta.astype(np.float32)
+        node.arrays["v0"] = (theta * rng.uniform(-1, 2, theta.shape)).astype(np.float32)
+    fit = 7
+    found = second_stage_targets(ctx.second_stage_ann, neurons, program.timesteps,
+                                 feeds(x, "x", 5), fit)
+
+    names = [stage.target_tensor(n) for n in neurons if stage.target_tensor(n) != "x"]
+    values = {"x": x, **ann_tensors(model, names, x)}
+    for images, means in ((slice(0, fit), found.fit), (slice(fit, None), found.check)):
+        for row, steps in enumerate(program.timesteps):
+            assert set(means[row]) == {n.name for n in neurons}
+            for node in neurons:
+                a = np.moveaxis(values[stage.target_tensor(node)][images], 1, -1)
+                if target == "relu":
+                    per_value = np.maximum(a, 0).astype(np.float64)
+                else:
+                    per_value = spike_output(
+                        a, node.arrays["theta"][row].astype(np.float64),
+                        node.arrays["v0"][row].astype(np.float64), steps,
+                        node.attrs["max_spikes_per_step"])
+                expected = per_value.reshape(-1, a.shape[-1]).mean(axis=0)
+                np.testing.assert_allclose(means[row][node.name], expected, rtol=1e-12,
+                                           atol=1e-15, err_msg=f"{node.name}, T={steps}")
+    np.testing.assert_allclose(found.reference, run(model, x=x[fit:])[0], rtol=1e-6)
+
+
+def test_without_held_out_images_there_is_no_check(tmp_path):
+    x = np.random.default_rng(6).normal(size=(3, 2, 6, 6)).astype(np.float32)
+    ctx, program = lowered(target_model(), x, tmp_path, batch=2)
+    found = second_stage_targets(ctx.second_stage_ann, program.neuron_nodes(),
+                                 program.timesteps, feeds(x, "x", 2), 3)
+    assert found.check is None and found.reference is None and len(found.fit) == 2
+
+
+def test_record_keeps_the_ann_and_leaves_the_graph_alone(tmp_path):
+    model = target_model()
+    onnx.save(model, tmp_path / "model.onnx")
+    graph = frontend.import_graph(frontend.load_model(tmp_path / "model.onnx"))
+    outputs = [t.name for t in graph.outputs]
+    ctx = CompileContext(CompileConfig(progress=False))
+    assert stage.record_second_stage_stats(graph, ctx) == 4
+    assert [t.name for t in graph.outputs] == outputs
+    ann = ctx.second_stage_ann
+    assert ann.readout == outputs[0]
+    # The graph input is read from the feed; the others are outputs of the kept model.
+    assert [o.name for o in ann.model.graph.output] == outputs + [
+        t for t in ann.tensors if t != "x"]
+    off = CompileContext(CompileConfig(progress=False, second_stage=False))
+    assert stage.record_second_stage_stats(graph, off) == 0 and off.second_stage_ann is None
+
+
+def level_count_case():
+    """Parameters of 3 rows (T = 1, 4, 7; bursts of up to 2) and activations with values
+    on level boundaries (T * a + v0 = 3 * theta), where the floor decides."""
+    rng = np.random.default_rng(0)
+    theta = rng.uniform(0.2, 2, (3, 4)).astype(np.float32).astype(np.float64)
+    v0 = (rng.uniform(-1, 2, (3, 4)) * theta).astype(np.float32).astype(np.float64)
+    steps = np.array([1.0, 4.0, 7.0])
+    x = rng.normal(0, 2, (5, 4, 6)).astype(np.float32)
+    x[0, :, 0] = ((3 * theta[1] - v0[1]) / 4).astype(np.float32)
+    return x, theta, v0, steps, 2 * steps
+
+
+def test_level_counts_are_spike_output_in_whole_steps():
+    x, theta, v0, steps, top = level_count_case()
+    counts = np.zeros((3, 4), np.int64)
+    add_level_counts(x, theta, v0, steps, top, counts)
+    add_level_counts(x[:2], theta, v0, steps, top, counts)  # adds to what is there
+    for r in range(3):
+        q = spike_output(np.moveaxis(x, 1, -1), theta[r], v0[r], int(steps[r]), 2)
+        n = np.rint(q * steps[r] / theta[r])  # q is theta / T times a whole number
+        expected = n.sum(axis=(0, 1)) + n[:2].sum(axis=(0, 1))
+        np.testing.assert_array_equal(counts[r], expected)
+    assert counts.min() >= 0 and (counts > 0).any()
+
+
+def test_level_counts_are_the_same_without_jit():
+    x, theta, v0, steps, top = level_count_case()
+    counts = np.zeros((3, 4), np.int64)
+    add_level_counts(x, theta, v0, steps, top, counts)
+    assert_prints_same_without_jit(f"""
+import numpy as np
+from snncompiler.passes.balance_potentials import add_level_counts
+from tests.passes.test_balance_potentials import level_count_case
+counts = np.zeros((3, 4), np.int64)
+add_level_counts(*level_count_case(), counts)
+print("same" if counts.tolist() == {counts.tolist()} else counts)
+""")
