@@ -7,9 +7,12 @@ From a fresh clone, ``make speed`` sets up both venvs and runs the whole benchma
     .venv/bin/python benchmarks/speed.py                   # ours and onnxruntime
     .venv/bin/python benchmarks/speed.py --spikingjelly    # + SpikingJelly (see below)
     .venv/bin/python benchmarks/speed.py --only calibration --models vgg,resnet,demo
+    .venv/bin/python benchmarks/speed.py --only deep --threads 1   # EfficientNet-Lite0 alone
 
 It prints the table and writes ``docs/results/speed.md`` and ``speed.json`` (``--only
-calibration`` prints that table alone and writes only where ``--json`` says). SpikingJelly
+calibration`` prints that table alone and writes only where ``--json`` says; ``--only deep``
+puts its figures into the ``speed.json`` there and renders ``speed.md`` again, the other
+figures as they were). SpikingJelly
 runs in the torch venv (``.venv-torch``, set up by ``make speed``, or by hand as
 ``benchmarks/peers/spikingjelly_speed.py`` says), as a subprocess: the project's venv has no
 torch.
@@ -31,7 +34,14 @@ fresh process so that its peak RSS is its own:
   step of activations per sample in flight; only the returned readout grows with T);
 - calibration: ``collect_activation_stats`` (the DNI statistics pass) against plain
   onnxruntime inference over the same images, and its peak RSS for 250 and 1000 images;
-- SpikingJelly: its converted SNN at T=32 on the same batch (``--spikingjelly``).
+- SpikingJelly: its converted SNN at T=32 on the same batch (``--spikingjelly``);
+- deep networks (``--deep``, default EfficientNet-Lite0, 224 px): the pair of runs above at
+  T=32 and the peak RSS of each side alone, on the first ``--deep-views`` test views that
+  ``tools/deep_models/export.py`` writes into ``out/deep`` (git-ignored: ``make
+  out/deep/manifest.json`` exports them); a network whose files are missing is skipped with
+  a line that says so. Its ``.snn`` is compiled here: default options at T=32, calibrated
+  on the first 64 calibration views, without the second stage (which would take most of
+  the time and moves initial potentials, not the amount of work).
 
 Timings are the best of ``--repeat`` runs (``--peer-repeat`` for SpikingJelly) after a
 warm-up run (numba's compiled kernels are
@@ -63,6 +73,9 @@ TARGET_RATIO = 0.5  # our T=32 time / 32 onnxruntime passes
 TARGET_PEER = 3.0  # SpikingJelly T=32 time / ours
 TARGET_STREAMING = 0.05  # relative growth of step() peak RSS from T=8 to T=256
 TARGET_CALIBRATION = 2.0  # calibration time / plain onnxruntime inference
+TARGET_DEEP = 1.0  # our T=32 time / 32 onnxruntime passes, on a deep network
+DEEP = REPO / "out" / "deep"  # tools/deep_models/export.py writes here
+DEEP_CALIB_VIEWS = 64
 
 
 # --------------------------------------------------------------------------- workers
@@ -287,6 +300,68 @@ def _calibration(onnx: str, images: str, thread_counts: list[int], repeat: int) 
     return result
 
 
+def _paired(onnx: str, snn: str, inputs: str, timesteps: list[int], thread_counts: list[int],
+            repeat: int) -> dict:
+    """onnxruntime's 32 passes and ours at every T, interleaved in one process
+    (:func:`worker_pair`) at every thread count, the faster setting of each kept; then
+    onnxruntime's peak RSS in a process of its own, at its faster setting."""
+    pairs = [_work("pair", onnx=onnx, snn=snn, inputs=inputs, passes=32, timesteps=timesteps,
+                   repeat=repeat, threads=threads) for threads in thread_counts]
+    result = {"ort": _fastest([p["ort"] for p in pairs], lambda w: w["seconds"]),
+              "snn": _fastest([p["snn"] for p in pairs], lambda w: w["seconds"]["32"])}
+    result["ort"]["peak_rss_mb"] = _work(
+        "ort", onnx=onnx, inputs=inputs, passes=32, repeat=1,
+        threads=result["ort"]["threads"])["peak_rss_mb"]
+    return result
+
+
+def _deep_files(names: list[str], folder: Path) -> dict[str, tuple[Path, Path, Path]]:
+    """The ONNX model, calibration and test views of each deep network of ``names`` in
+    ``folder``; a line for each one skipped because a file is missing."""
+    found = {}
+    for name in names:
+        files = (folder / f"{name}.onnx", folder / f"{name}_calib.npz",
+                 folder / f"{name}_test.npz")
+        missing = [str(path) for path in files if not path.exists()]
+        if missing:
+            print(f"{name}: skipped, {', '.join(missing)} missing (out/ is not in git: "
+                  "`make out/deep/manifest.json` exports the deep networks and their views, "
+                  "see tools/deep_models/export.py)", flush=True)
+        else:
+            found[name] = files
+    return found
+
+
+def _deep(names: list[str], folder: Path, views: int, thread_counts: list[int], repeat: int,
+          scratch: Path) -> dict | None:
+    """The deep networks' part: None when none of them is there."""
+    found = _deep_files(names, folder)
+    if not found:
+        return None
+    results = {"views": views, "calib_views": DEEP_CALIB_VIEWS, "repeat": repeat,
+               "threads": thread_counts, "machine": _machine(),
+               "load_start": [round(v, 2) for v in os.getloadavg()], "models": {},
+               "notes": DEEP_NOTES}
+    for name, (onnx, calib, test) in found.items():
+        inputs, calib_views, snn = (scratch / f"{name}_test.npy", scratch / f"{name}_calib.npy",
+                                    scratch / f"{name}.snn")
+        for source, count, path in ((test, views, inputs), (calib, DEEP_CALIB_VIEWS, calib_views)):
+            with np.load(source, allow_pickle=False) as data:
+                np.save(path, np.ascontiguousarray(data["x"][:count], dtype=np.float32))
+        seconds = _compile(onnx, calib_views, snn, second_stage=False)
+        print(f"{name}: compiled ({seconds:.1f} s)", flush=True)
+        x = np.load(inputs, mmap_mode="r")
+        r = {"onnx": os.path.relpath(onnx, REPO), "input": list(x.shape[1:]),
+             "views": len(x), "compile_seconds": seconds,
+             **_paired(str(onnx), str(snn), str(inputs), [32], thread_counts, repeat)}
+        r["memory"] = {"run_32": _work("memory", snn=str(snn), inputs=str(inputs), steps=32,
+                                       streaming=False, threads=r["snn"]["threads"])}
+        results["models"][name] = r
+        print("\n".join(deep_rows({"models": {name: r}})[-1:]), flush=True)
+    results["load_end"] = [round(v, 2) for v in os.getloadavg()]
+    return results
+
+
 # --------------------------------------------------------------------------- setup
 
 
@@ -319,15 +394,16 @@ def _data(spec: dict, batch: int, folder: Path, name: str) -> tuple[Path, Path, 
     return paths
 
 
-def _compile(spec: dict, calib: Path, out: Path) -> float:
+def _compile(onnx: Path, calib: Path, out: Path, **config) -> float:
+    """``snnc``'s pipeline for T=32 on the views in ``calib`` (``config``: more options)."""
     from snncompiler.context import CompileConfig
     from snncompiler.npz import Dataset
     from snncompiler.pipeline import compile_model
     from snncompiler.runtime.format import save_program
 
     dataset = Dataset(x=np.load(calib), y=None, source=str(calib))
-    result = compile_model(REPO / spec["onnx"], dataset,
-                           CompileConfig(timesteps=(32,), progress=False))
+    result = compile_model(onnx, dataset,
+                           CompileConfig(timesteps=(32,), progress=False, **config))
     save_program(result.program, out, overwrite=True)
     return result.seconds
 
@@ -429,7 +505,63 @@ def render(results: dict) -> str:
             f"{_fmt(r.get('spikingjelly', {}).get('peak_rss_mb'), 0)} |")
     lines += ["", *calibration_table(results)]
     lines += ["", "## Notes", "", *results["notes"], ""]
+    if results.get("deep"):
+        lines += [*deep_section(results["deep"]), ""]
     return "\n".join(lines)
+
+
+def deep_section(deep: dict) -> list[str]:
+    """The "Deep networks" section: its own machine and load lines (it may be measured
+    apart from the rest, ``--only deep``), the table and its notes."""
+    m = deep["machine"]
+    threads = " and ".join(map(str, deep["threads"]))
+    threads += " thread" if deep["threads"] == [1] else " threads"
+    return [
+        "## Deep networks",
+        "",
+        "Written by `benchmarks/speed.py` (`--deep`; `--only deep` measures this section "
+        "alone). Pretrained ImageNet CNNs that `tools/deep_models/export.py` writes into "
+        "`out/deep` (git-ignored; `make out/deep/manifest.json`), on their first "
+        f"{deep['views']} test views (photos from packages, preprocessed at the model's input "
+        "size). The `.snn`: `snnc`'s pipeline, default options at T=32, calibrated on the "
+        f"first {deep['calib_views']} calibration views, without the second stage. As above, "
+        "onnxruntime's 32 passes and ours at T=32 alternate in one process: best of "
+        f"{deep['repeat']} rounds after a warm-up, at {threads} (threads in brackets); "
+        "peak RSS: each alone, in a fresh process, on the same views.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; Python {m['python']}, "
+        f"numpy {m['numpy']}, numba {m['numba']}, onnxruntime {m['onnxruntime']}. "
+        f"Load average (1, 5, 15 min) at the start of this part: {deep['load_start']}, at "
+        f"its end: {deep['load_end']}.",
+        "",
+        *deep_rows(deep),
+        "",
+        *deep["notes"],
+    ]
+
+
+def deep_rows(deep: dict) -> list[str]:
+    """The deep networks' table: a header, then one row per network."""
+    lines = ["| model | input | views | ORT 1 pass / image | ORT x32 | ours T=32 | ours / ORT "
+             f"x32 (target <= {TARGET_DEEP:g}) | ours per image-step | synaptic ops / image "
+             "(T=32) | ops / MAC (T=32) | mean firing rate | ours: G synaptic ops/s | ORT: G "
+             "MAC/s | peak RSS ORT x32 | peak RSS ours T=32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in deep["models"].items():
+        s, views = r["snn"], r["views"]
+        ours, ort32 = s["seconds"]["32"], r["ort"]["seconds"]
+        ops, macs = s["synaptic_ops_per_image"], s["ann_macs_per_image"]
+        lines.append(
+            f"| {name} | {'x'.join(map(str, r['input']))} | {views} | "
+            f"{_fmt(ort32 / (32 * views) * 1000, 1, ' ms')} | {_fmt(ort32, 3, ' s')} "
+            f"({r['ort']['threads']}) | {_fmt(ours, 3, ' s')} ({s['threads']}) | "
+            f"**{_fmt(_ratio(ours, ort32))}** | {_fmt(ours / (32 * views) * 1000, 2, ' ms')} | "
+            f"{ops / 1e9:.2f} G | {_fmt(_ratio(ops, 32 * macs), 3)} | "
+            f"{s['mean_firing_rate']:.3f} | {_fmt(_ratio(ops * views / 1e9, ours), 2)} | "
+            f"{_fmt(_ratio(macs * 32 * views / 1e9, ort32), 2)} | "
+            f"{r['ort']['peak_rss_mb']:.0f} MB | "
+            f"{r['memory']['run_32']['peak_rss_mb']:.0f} MB |")
+    return lines
 
 
 def calibration_table(results: dict) -> list[str]:
@@ -507,6 +639,27 @@ NOTES = [
 ]
 
 
+DEEP_NOTES = [
+    "- *ours per image-step*: ours T=32 over 32 steps and the views; *ops / MAC*: synaptic "
+    "ops per image over 32 steps against 32 ANN passes' MACs (every conv and gemm). The other "
+    "columns as in the tables above.",
+    "- *peak RSS ours*: `SpikingNetwork.run` of all the views at T=32; the neuron state of "
+    "every view of a run is held at once (EfficientNet-Lite0: 72 MB per 224 px view, "
+    "`SpikingNetwork.state_bytes`). `snnc eval` runs a batch in parts whose state fits the "
+    "engine's memory budget (`snncompiler.evaluate.simulation_batch`).",
+    "- Earlier, by hand: paired runs of the `pair` worker on 8 views and the `.snn` that "
+    "`make deep` compiles (with the second stage, `-T 4,8,16,32`) gave 3.94x at 1 thread and "
+    "3.85x at 2 (`speed_efficientnet_lite0_1thread.json`, `..._2threads.json`, load average "
+    "1.4 to 1.9), after the burst neurons were vectorised (10.0x and 7.85x before). That "
+    "network was calibrated otherwise (256 views, the second stage) and fired more (0.54 "
+    "spikes per neuron and step, 7.65 G synaptic ops per image): not the same work.",
+]
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -520,10 +673,18 @@ def main() -> None:
                         help="timed runs of SpikingJelly after its warm-up (it is slow)")
     parser.add_argument("--spikingjelly", action="store_true",
                         help=f"also time SpikingJelly with {TORCH_PYTHON.relative_to(REPO)}")
+    parser.add_argument("--deep", default="efficientnet_lite0",
+                        help="deep networks of --deep-data to time at T=32 (comma list; empty: "
+                             "none); skipped when their files are missing")
+    parser.add_argument("--deep-data", type=Path, default=DEEP,
+                        help="where tools/deep_models/export.py wrote them")
+    parser.add_argument("--deep-views", type=int, default=8,
+                        help="test views of each deep network per run")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only", choices=["calibration"],
-                        help="measure only this part; print its table and write nothing "
-                             "unless --json is given")
+    parser.add_argument("--only", choices=["calibration", "deep"],
+                        help="measure only this part: calibration prints its table and writes "
+                             "nothing unless --json is given; deep adds its figures to "
+                             "--out's speed.json and renders speed.md again")
     parser.add_argument("--json", type=Path, help="with --only: write the results here")
     args = parser.parse_args()
     if args.worker:
@@ -531,6 +692,9 @@ def main() -> None:
         return
     if args.only == "calibration":
         calibration_only(args)
+        return
+    if args.only == "deep":
+        deep_only(args)
         return
 
     timesteps = sorted({int(t) for t in args.timesteps.split(",")} | {32})
@@ -545,16 +709,10 @@ def main() -> None:
             onnx = str(REPO / spec["onnx"])
             batch, calib, every = _data(spec, args.batch, folder, name)
             snn = folder / f"{name}.snn"
-            print(f"{name}: compiling ({_compile(spec, calib, snn):.1f} s)", flush=True)
-            r = {"onnx": spec["onnx"]}
-            pairs = [_work("pair", onnx=onnx, snn=str(snn), inputs=str(batch), passes=32,
-                           timesteps=timesteps, repeat=args.repeat, threads=threads)
-                     for threads in thread_counts]
-            r["ort"] = _fastest([p["ort"] for p in pairs], lambda w: w["seconds"])
-            r["snn"] = _fastest([p["snn"] for p in pairs], lambda w: w["seconds"]["32"])
-            r["ort"]["peak_rss_mb"] = _work(
-                "ort", onnx=onnx, inputs=str(batch), passes=32, repeat=1,
-                threads=r["ort"]["threads"])["peak_rss_mb"]
+            print(f"{name}: compiling ({_compile(REPO / spec['onnx'], calib, snn):.1f} s)",
+                  flush=True)
+            r = {"onnx": spec["onnx"],
+                 **_paired(onnx, str(snn), str(batch), timesteps, thread_counts, args.repeat)}
             common = {"threads": r["snn"]["threads"]}
             print(f"  onnxruntime x32 {r['ort']['seconds']:.3f} s ({r['ort']['threads']} "
                   f"threads), ours T=32 {r['snn']['seconds']['32']:.3f} s "
@@ -574,12 +732,38 @@ def main() -> None:
                 results["peer"] = {k: r["spikingjelly"][k] for k in ("torch", "spikingjelly")}
                 print(f"  SpikingJelly T=32 {r['spikingjelly']['seconds']:.3f} s", flush=True)
             results["models"][name] = r
+        deep = _deep(_names(args.deep), args.deep_data, args.deep_views, thread_counts,
+                     args.repeat, folder)
+        if deep is not None:
+            results["deep"] = deep
     results["load_end"] = [round(v, 2) for v in os.getloadavg()]
     text = render(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.md").write_text(text)
     (args.out / "speed.json").write_text(json.dumps(results, indent=1) + "\n")
     print(text)
+
+
+def deep_only(args) -> None:
+    """``--only deep``: the deep networks alone, put into ``--out``'s speed.json (the other
+    figures kept) and speed.md rendered from it again."""
+    with tempfile.TemporaryDirectory() as scratch:
+        deep = _deep(_names(args.deep), args.deep_data, args.deep_views,
+                     sorted({1, args.threads}), args.repeat, Path(scratch))
+    if deep is None:
+        print("no deep network to measure: nothing written")
+        return
+    path = args.out / "speed.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["deep"] = deep
+    args.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    if results.get("models"):
+        (args.out / "speed.md").write_text(render(results))
+    else:
+        (args.out / "speed.md").write_text("\n".join(
+            ["# Speed and memory of the spiking runtime", "", *deep_section(deep), ""]))
+    print("\n".join(deep_section(deep)))
 
 
 def calibration_only(args) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from snncompiler.errors import InputError
+from snncompiler.evaluate import simulation_batch
 from snncompiler.runtime.engine import SpikingNetwork, nearest_calibrated
 
 
@@ -91,7 +92,8 @@ def layer_diagnostics(
         timesteps: The T values to report; each runs with its own calibrated parameters.
         ann: Optional ``x -> {tensor name: ANN activation}`` (see :func:`ann_activations`);
             a neuron layer is compared with the ANN tensor of its output's name.
-        batch_size: Images simulated at once.
+        batch_size: Images simulated at once, at most: fewer where they would not fit the
+            network's memory budget (see :func:`snncompiler.evaluate.simulation_batch`).
 
     Returns:
         One entry per neuron layer, in the program's (topological) order.
@@ -113,6 +115,11 @@ def layer_diagnostics(
     ann_abs = np.zeros(len(neurons))
     compared = np.zeros(len(neurons), dtype=bool)
     index = {n.name: i for i, n in enumerate(neurons)}
+    # Beside the network's state, each sample holds its net spike counts (int32) and the
+    # ANN's activations (float32) of every neuron layer, and one layer's error (float64).
+    per_sample = 4 * sum(size.values()) * (2 if ann is not None else 1) + 8 * max(
+        size.values(), default=0)
+    batch_size = simulation_batch(net, batch_size, per_sample)
 
     for first in range(0, len(x), batch_size):
         batch = np.asarray(x[first:first + batch_size])
@@ -137,9 +144,12 @@ def layer_diagnostics(
                 spikes[i, j] += counted[name].sum(dtype=np.float64)
                 tensor = by_name[name].output
                 if tensor in reference:
-                    diff = total / t - reference[tensor].reshape(total.shape)
-                    abs_err[i, j] += np.abs(diff).sum()
-                    signed[i, j] += diff.sum()
+                    total /= t  # in place: the layer's error is the largest array here
+                    total -= reference[tensor].reshape(total.shape)
+                    signed[i, j] += total.sum()
+                    abs_err[i, j] += np.abs(total, out=total).sum()
+            del sent
+        del reference
 
     results = []
     for i, n in enumerate(neurons):

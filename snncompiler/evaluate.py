@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+import numba
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -157,11 +158,49 @@ def parameter_groups(program, timesteps: Sequence[int]) -> dict[int, list[int]]:
     return groups
 
 
+def simulation_batch(net: SpikingNetwork, batch: int, extra_bytes: int = 0) -> int:
+    """Samples of a batch of ``batch`` to simulate at once: all of them, or fewer where
+    their neuron state (:meth:`SpikingNetwork.state_bytes`, held for every sample of a run)
+    and ``extra_bytes`` each would take more than the network's memory budget.
+
+    ``snnc eval`` sets that budget to a quarter of ``--max-memory`` (256 MiB at most), and
+    plans its batch for the readout and the activations alone: a deep network's state
+    (EfficientNet-Lite0: 72 MB per image) is what bounds it. Fewer than all are rounded
+    down to a multiple of numba's threads where that leaves one per thread: the threads
+    share a run's samples, and one left over would run alone while the others wait.
+    """
+    fit = max(1, net.memory_budget // max(net.state_bytes() + extra_bytes, 1))
+    if fit >= batch:
+        return batch
+    threads = numba.get_num_threads()
+    return fit - fit % threads if fit >= threads else fit
+
+
 def evaluate_batch(net: SpikingNetwork, x: np.ndarray, timesteps: list[int], *,
                    ann: Callable[[np.ndarray], np.ndarray] | None = None,
                    bar=None) -> BatchRun:
     """Runs one batch ``x`` for the sorted ``timesteps`` (one run per parameter row), and
-    the ANN on it if given. ``bar``: a tqdm bar counting images per run."""
+    the ANN on it if given. ``bar``: a tqdm bar counting images per run.
+
+    A batch whose neuron state would not fit the network's memory budget runs in parts
+    of :func:`simulation_batch` samples (the ANN too), their work combined: the same
+    predictions, and the same work up to the rounding of a mean of means.
+    """
+    size = simulation_batch(net, len(x))
+    parts = [_evaluate_part(net, x[first:first + size], timesteps, ann, bar)
+             for first in range(0, len(x), size)]
+    if len(parts) == 1:
+        return parts[0]
+    return BatchRun(
+        np.concatenate([part.snn_top1 for part in parts], axis=1),
+        None if ann is None else np.concatenate([part.ann_top1 for part in parts]),
+        {row: stats.combine([part.activity[row] for part in parts])
+         for row in parts[0].activity})
+
+
+def _evaluate_part(net: SpikingNetwork, x: np.ndarray, timesteps: list[int],
+                   ann: Callable[[np.ndarray], np.ndarray] | None, bar) -> BatchRun:
+    """:func:`evaluate_batch` of samples that are simulated at once."""
     program = net.program
     ann_top1 = None
     if ann is not None:

@@ -13,6 +13,7 @@ from snncompiler.runtime import Node, Program, TensorSpec
 from snncompiler.runtime.engine import SpikingNetwork
 from tests.graph_builder import GraphBuilder
 from tests.onnx_models import run
+from tests.snncompiler.test_evaluate import spy_on_runs
 
 
 def one_neuron_layer(theta: float = 1.0, v0: float = 0.5) -> Program:
@@ -123,3 +124,22 @@ def test_cli_eval_layers_reports_every_neuron_layer(tmp_path):
     assert all(layer["relative_error"] is not None for layer in layers)
     assert "relative" in result.output and layers[0]["node"] in result.output
 
+
+
+def test_layers_are_simulated_in_batches_that_fit_the_memory_budget(converted):
+    # Per sample: the network's state, and the ANN's activations and the net spike counts
+    # of every neuron layer: fewer samples at once than asked, the same numbers.
+    model, x, converted_net = converted
+    relus = [n.output[0] for n in model.graph.node if n.op_type == "Relu"]
+    ann = ann_activations(model, relus)
+    program = converted_net.program
+    whole = layer_diagnostics(SpikingNetwork(program), x, [4, 64], ann=ann, batch_size=24)
+    net = SpikingNetwork(program)
+    net.memory_budget = 3 * net.state_bytes()
+    batches = spy_on_runs(net)
+    parts = layer_diagnostics(net, x, [4, 64], ann=ann, batch_size=24)
+    assert 1 <= max(batches) < 3 and sum(batches) == 2 * len(x)  # once per T
+    for a, b in zip(parts, whole):
+        assert a.firing_rate == pytest.approx(b.firing_rate, rel=1e-12)
+        assert a.relative_error == pytest.approx(b.relative_error, rel=1e-12)
+        assert a.bias == pytest.approx(b.bias, rel=1e-12, abs=1e-15)

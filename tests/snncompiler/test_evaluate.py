@@ -2,6 +2,7 @@
 
 import json
 
+import numba
 import numpy as np
 import pytest
 
@@ -14,6 +15,7 @@ from snncompiler.evaluate import (
     layer_rows,
     parse_timesteps,
     si,
+    simulation_batch,
 )
 from snncompiler.npz import Dataset
 from snncompiler.runtime.engine import SpikingNetwork
@@ -201,3 +203,61 @@ def test_a_conv_fed_by_another_conv_gets_a_row_named_after_it():
     rows = layer_rows(activity(net))
     assert [(r["layer"], r["into"]) for r in rows] == [("n1", ["c2"]), ("c2", ["fc"])]
     assert rows[1]["neurons"] is None and rows[1]["synaptic_ops"] > 0
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def spy_on_runs(net) -> list[int]:
+    """The batch of every ``net.run`` from now on."""
+    batches = []
+    run = net.run
+
+    def spy(x, *args, **kwargs):
+        batches.append(len(x))
+        return run(x, *args, **kwargs)
+
+    net.run = spy
+    return batches
+
+
+def test_simulation_batch_fits_the_state_into_the_memory_budget():
+    net = SpikingNetwork(residual())
+    state = net.state_bytes()
+    net.memory_budget = 7 * state + state // 2
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert simulation_batch(net, 5) == 5  # all fit: none held back
+        assert simulation_batch(net, 100) == 7
+        assert simulation_batch(net, 100, extra_bytes=state) == 3
+        net.memory_budget = state // 2
+        assert simulation_batch(net, 100) == 1  # one sample at a time at least
+        if numba.config.NUMBA_NUM_THREADS >= 2:
+            numba.set_num_threads(2)
+            net.memory_budget = 7 * state
+            assert simulation_batch(net, 100) == 6  # a whole number of samples per thread
+            net.memory_budget = state
+            assert simulation_batch(net, 100) == 1
+    finally:
+        numba.set_num_threads(threads)
+
+
+def test_a_batch_whose_state_does_not_fit_runs_in_parts_with_the_same_results():
+    # evaluate's batch is planned for the readout and the activations; the neuron state
+    # of every sample of a run comes on top, and a deep network's is the larger part.
+    program = residual()
+    data = dataset((3, 6, 6), n=7)
+    whole = evaluate(SpikingNetwork(program), data, [3, 10], batch_size=7, progress=False)
+    net = SpikingNetwork(program)
+    net.memory_budget = 2 * net.state_bytes()
+    batches = spy_on_runs(net)
+    parts = evaluate(net, data, [3, 10], ann=lambda x: x.reshape(len(x), -1)[:, :4],
+                     batch_size=7, progress=False)
+    assert batches and max(batches) * net.state_bytes() <= net.memory_budget
+    assert sum(batches) == 7  # one run of 10 steps: residual() has one parameter set
+    assert parts.snn_accuracy == whole.snn_accuracy and parts.agreement is not None
+    assert parts.synaptic_ops[1] == pytest.approx(whole.synaptic_ops[1], rel=1e-12)
+    assert parts.mean_firing_rate[1] == pytest.approx(whole.mean_firing_rate[1], rel=1e-12)
+    for a, b in zip(parts.layer_activity, whole.layer_activity):
+        assert a["firing_rate"] == pytest.approx(b["firing_rate"], rel=1e-12)
