@@ -370,7 +370,7 @@ def balance_potentials(program: Program, ctx: CompileContext) -> int:
         if check_targets is not None:
             means, readout = simulate(check, readout=True)
             start_error = _channel_errors(means, check_targets)
-            start_net = _network_error(readout, targets.reference)
+            start_net = readout_error(readout, targets.reference)
         for _ in range(config.second_stage_sweeps):
             means = simulate(fit)
             for node in neurons:
@@ -390,7 +390,7 @@ def balance_potentials(program: Program, ctx: CompileContext) -> int:
         if reverted:  # the readout of what is kept
             _, readout = simulate(check, readout=True)
         bar.close()
-        net = _network_error(readout, targets.reference)
+        net = readout_error(readout, targets.reference)
         if net is not None and start_net is not None and net >= start_net:
             for node in neurons:
                 node.arrays["v0"][row] = start[node.name]
@@ -417,7 +417,7 @@ def _channel_errors(means: dict[str, np.ndarray], targets: dict[str, np.ndarray]
     return {name: np.abs(means[name] - targets[name]) for name in targets}
 
 
-def _network_error(readout: np.ndarray | None, reference: np.ndarray | None) -> float | None:
+def readout_error(readout: np.ndarray | None, reference: np.ndarray | None) -> float | None:
     """``sum |readout - reference|^2 / sum |reference|^2``: the SNN's output after T steps
     against the ANN's (None when either is missing)."""
     if readout is None or reference is None:

@@ -28,8 +28,11 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
     a leaky one, through an added Abs node), keeps a bounded per-channel histogram of each
     (``ctx.activation_stats``) and chooses the thresholds and initial potentials for every
     T of ``ctx.config.timesteps`` (``ctx.neuron_params``, see
-    :func:`~snncompiler.passes.dni.choose_neuron_parameters`). One report line per
-    activation goes to ``ctx.report``.
+    :func:`~snncompiler.passes.dni.choose_neuron_parameters`). When the resolution is to be
+    chosen (``config.resolution`` None), it does so for every candidate resolution from
+    the same histograms (``ctx.resolution_params``; ``ctx.neuron_params`` gets the fewest)
+    and keeps the ANN for ``choose_resolution`` (``ctx.resolution_ann``). One report line
+    per activation goes to ``ctx.report``.
 
     Preconditions: the graph is still an ANN that onnxruntime can run (no SNM nodes yet),
     and calibration data was given. A Relu whose input is a constant is skipped: it is
@@ -74,6 +77,10 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
         total=ctx.calibration_size,
     )
     first_t = config.timesteps[0]
+    choosing = len(config.resolutions) > 1
+    if choosing:
+        readout = graph.outputs[0].name
+        ctx.resolution_ann = (model, readout)
     for name in names:
         hist = stats[name]
         # A signed neuron rounds values of both signs: v0 = theta / 2 rounds both to the
@@ -82,15 +89,20 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
         potential = config.initial_potential
         if name in signed and potential == "dni":
             potential = "half"
-        params = choose_neuron_parameters(
-            hist,
-            config.timesteps,
-            percentiles=config.threshold_percentiles,
-            threshold_search=config.threshold_search,
-            initial_potential=potential,
-            granularity=config.granularity,
-            levels_per_step=[config.levels_per_step(t) for t in config.timesteps],
-        )
+        for resolution in config.resolutions:
+            params = choose_neuron_parameters(
+                hist,
+                config.timesteps,
+                percentiles=config.threshold_percentiles,
+                threshold_search=config.threshold_search,
+                initial_potential=potential,
+                granularity=config.granularity,
+                levels_per_step=[config.levels_per_step(t, resolution)
+                                 for t in config.timesteps],
+            )
+            if choosing:
+                ctx.resolution_params.setdefault(resolution, {})[name] = params
+        params = ctx.resolution_params[config.resolutions[0]][name] if choosing else params
         ctx.activation_stats[name] = hist
         ctx.neuron_params[name] = params
         inactive = int(params.inactive.sum())

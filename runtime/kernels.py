@@ -844,6 +844,9 @@ def _snm_burst_block(z, theta, allow_negative, neg_scale, max_spikes, membrane, 
         out[i] = np.float32(0.0)
     for _ in range(max_spikes):
         _snm_one_more(theta, allow_negative, neg_scale, membrane, memory, out)
+        # A large cap costs only the passes that some neuron of the block still needs.
+        if not _snm_wants_more(theta, allow_negative, neg_scale, membrane, memory, out):
+            break
     spikes = 0
     for i in range(out.size):  # a loop of its own: a reduction would not vectorise
         spikes += np.int64(abs(out[i]))
@@ -868,6 +871,22 @@ def _snm_one_more(theta, allow_negative, neg_scale, membrane, memory, out):
         step = np.float32(1.0) if up else (np.float32(-1.0) if down else np.float32(0.0))
         memory[i] += np.int32(step)
         out[i] = sent + step
+
+
+@njit(cache=True)
+def _snm_wants_more(theta, allow_negative, neg_scale, membrane, memory, out):
+    # Whether another pass of _snm_one_more would change any neuron: its tests, stopping at
+    # the first neuron that would fire (a pass that changes nothing can be skipped, so the
+    # result is the same bit for bit).
+    for i in range(membrane.size):
+        th = theta[i]
+        v = membrane[i]
+        sent = out[i]
+        if sent >= 0 and v >= th:
+            return True
+        if allow_negative and sent <= 0 and v < th * neg_scale and memory[i] > 0:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- executor

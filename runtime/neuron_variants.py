@@ -212,6 +212,9 @@ def _track_block(z, theta, v0, slope, bound, allow_negative, neg_scale, max_spik
         out[i] = 0.0
     for _ in range(max_spikes):
         _track_one_more(z.size, theta, allow_negative, neg_scale, membrane, out)
+        # A large cap costs only the passes that some neuron of the block still needs.
+        if not _track_wants_more(z.size, theta, allow_negative, neg_scale, membrane, out):
+            break
     spikes = 0
     for i in range(out.size):  # a loop of its own: a reduction would not vectorise
         spikes += np.int64(abs(out[i]))
@@ -235,6 +238,21 @@ def _track_one_more(size, theta, allow_negative, neg_scale, membrane, out):
         down = allow_negative and sent <= 0.0 and v < th * neg_scale
         membrane[i] = v - th if up else (v + th if down else v)
         out[i] = sent + 1.0 if up else (sent - 1.0 if down else sent)
+
+
+@njit(cache=True)
+def _track_wants_more(size, theta, allow_negative, neg_scale, membrane, out):
+    # Whether another pass of _track_one_more would change any neuron (its tests, stopping
+    # at the first that would fire): skipping a pass that changes nothing keeps every bit.
+    for i in range(size):
+        th = theta[i]
+        v = membrane[i]
+        sent = out[i]
+        if sent >= 0.0 and v >= th:
+            return True
+        if allow_negative and sent <= 0.0 and v < th * neg_scale:
+            return True
+    return False
 
 
 @njit(cache=True, inline="always")

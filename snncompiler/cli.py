@@ -150,6 +150,19 @@ def _quiet_libraries() -> None:
 
 # --------------------------------------------------------------------------- arguments
 
+def _parse_resolution(ctx, param, value) -> int | None:
+    """``--resolution``: "auto" (None, chosen per T) or a whole number of levels >= 1."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        levels = int(value)
+    except ValueError:
+        levels = 0
+    if levels < 1:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a whole number >= 1")
+    return levels
+
+
 def _check_output(path, force: bool, **inputs) -> None:
     """Refuses, before any work, an output that cannot be written or would destroy a file.
 
@@ -262,11 +275,19 @@ def _config_options(command):
         click.option("--max-spikes", type=click.IntRange(1, 64),
                      default=default.max_spikes_per_step, show_default=True,
                      help="Most spikes per neuron and step (1 = the paper's neuron)."),
-        click.option("--resolution", type=click.IntRange(1), default=default.resolution,
-                     show_default=True,
+        click.option("--resolution", default="auto", show_default=True,
+                     callback=_parse_resolution,
                      help="Threshold steps a neuron's output can take over a run, at least: "
                           "a target T below it gets bursts of ceil(resolution / T) spikes "
-                          "(at most --max-spikes); 1 = single spikes."),
+                          "(at most --max-spikes); 1 = single spikes. auto: the fewest of "
+                          f"{', '.join(map(str, default.resolution_candidates))} whose "
+                          "output is within --output-tolerance of the ANN's on held-out "
+                          "calibration images, per T."),
+        click.option("--output-tolerance", type=click.FloatRange(0, min_open=True),
+                     default=default.output_tolerance, show_default=True,
+                     help="For --resolution auto: the readout error ||SNN - ANN|| / ||ANN|| "
+                          "accepted on held-out calibration images (smaller: more levels, "
+                          "more synaptic operations)."),
         click.option("--second-stage/--no-second-stage", default=default.second_stage,
                      show_default=True,
                      help="DNI's second stage: simulate on calibration data and shift initial "
@@ -343,7 +364,8 @@ def main(debug):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
 def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
-                    initial_potential, granularity, max_spikes, resolution, second_stage,
+                    initial_potential, granularity, max_spikes, resolution, output_tolerance,
+                    second_stage,
                     second_stage_samples, scale,
                     mean, std, allow_analog, scheduler, workers, force, quiet):
     """Compile MODEL (ONNX) to a .snn spiking network."""
@@ -361,7 +383,7 @@ def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
     config = CompileConfig(
         timesteps=tuple(steps), theta_neg=theta_neg, initial_potential=initial_potential,
         granularity=granularity, max_spikes_per_step=max_spikes, resolution=resolution,
-        progress=not quiet,
+        output_tolerance=output_tolerance, progress=not quiet,
         allow_analog=allow_analog, second_stage=second_stage,
         second_stage_samples=second_stage_samples)
     with open_cluster(scheduler, workers) as cluster:

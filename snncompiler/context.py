@@ -29,12 +29,20 @@ class CompileConfig:
         theta_neg: SNM negative threshold: ``"zero"``, ``"minus_theta"`` (the SNM paper's
             code) or ``"off"`` (plain integrate-and-fire, no negative spikes).
         max_spikes_per_step: The most spikes a neuron may send in one step (1 is the paper's
-            neuron). Bursts are used only where ``resolution`` asks for them.
+            neuron): how fast it can catch up when its input arrives in bursts. It does not
+            set the thresholds (``resolution`` does), so a large value costs work only where
+            a neuron needs it (a burst is one event to the next layer).
         resolution: The number of threshold steps that a neuron's output can take over a
             run of T steps, at least: for a target T the thresholds are chosen for bursts
             of ``ceil(resolution / T)`` spikes (capped by ``max_spikes_per_step``), so a
             small T gets several levels per step and a large T single spikes
-            (:meth:`levels_per_step`). 1 turns bursts off.
+            (:meth:`levels_per_step`). 1 turns bursts off. None (the default): the fewest
+            of ``resolution_candidates`` whose SNN readout is within ``output_tolerance``
+            of the ANN's on held-out calibration images, for each target T
+            (``passes/choose_resolution.py``).
+        resolution_candidates: What ``resolution=None`` chooses from, fewest first.
+        output_tolerance: The readout error ``||SNN - ANN|| / ||ANN||`` (over the held-out
+            calibration images) that ``resolution=None`` accepts.
         granularity: ``"channel"`` or ``"layer"`` thresholds.
         initial_potential: ``"dni"`` (searched), ``"half"`` (theta/2) or ``"zero"``.
         threshold_percentiles: Candidate thresholds, as percentiles of each channel's
@@ -55,8 +63,10 @@ class CompileConfig:
 
     timesteps: tuple[int, ...] = (32,)
     theta_neg: str = "zero"
-    max_spikes_per_step: int = 4
-    resolution: int = 16
+    max_spikes_per_step: int = 64
+    resolution: int | None = None
+    resolution_candidates: tuple[int, ...] = (16, 32, 64, 128)
+    output_tolerance: float = 0.05
     granularity: str = "channel"
     initial_potential: str = "dni"
     threshold_percentiles: tuple[float, ...] = (
@@ -81,23 +91,41 @@ class CompileConfig:
             raise ValueError(f"granularity must be one of {GRANULARITIES}")
         if self.max_spikes_per_step < 1:
             raise ValueError("max_spikes_per_step must be at least 1")
-        if self.resolution < 1:
+        if self.resolution is not None and self.resolution < 1:
             raise ValueError("resolution must be at least 1")
+        if not self.resolution_candidates or min(self.resolution_candidates) < 1:
+            raise ValueError("resolution_candidates must be positive integers")
+        if not self.output_tolerance > 0:
+            raise ValueError("output_tolerance must be positive")
         if self.second_stage_samples < 1 or self.second_stage_sweeps < 1:
             raise ValueError("second_stage_samples and second_stage_sweeps must be at least 1")
 
 
-    def levels_per_step(self, timesteps: int) -> int:
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """The resolutions that calibration prepares: the fixed one, or the candidates."""
+        if self.resolution is not None:
+            return (self.resolution,)
+        return tuple(sorted(set(self.resolution_candidates)))
+
+    def levels_per_step(self, timesteps: int, resolution: int | None = None) -> int:
         """Spikes per step that the thresholds for target ``timesteps`` are chosen for:
-        enough for ``resolution`` levels over the run, at most ``max_spikes_per_step``."""
-        return max(1, min(self.max_spikes_per_step, math.ceil(self.resolution / timesteps)))
+        enough for ``resolution`` levels over the run (default: ``self.resolution``, or
+        the fewest candidate), at most ``max_spikes_per_step``."""
+        levels = resolution or self.resolution or self.resolutions[0]
+        return max(1, min(self.max_spikes_per_step, math.ceil(levels / timesteps)))
 
     @property
     def burst_size(self) -> int:
-        """The neurons' ``max_spikes_per_step``: the largest :meth:`levels_per_step` of the
-        target T values (a target with fewer levels uses thresholds chosen for those, and
-        the larger bursts only spare it clipping)."""
-        return max(self.levels_per_step(t) for t in self.timesteps)
+        """The neurons' ``max_spikes_per_step``, whatever the thresholds were chosen for.
+
+        Why not just :meth:`levels_per_step`: a deep layer's input does not arrive evenly.
+        Its neuron fires early on what the layers before sent first and must take spikes
+        back or catch up later, at most ``max_spikes_per_step`` a step. With room to catch
+        up, the spikes it has sent after T steps are ``floor((v0 + input) / theta)`` of its
+        whole input, as for a constant one; a cap as small as the burst the thresholds are
+        chosen for leaves it behind (docs/algorithm.md, "Room to catch up")."""
+        return self.max_spikes_per_step
 
 
 @dataclass
@@ -121,6 +149,12 @@ class CompileContext:
         second_stage_reference: Filled by ``balance_potentials``: the ANN's output on the
             held-out images that check the second stage's shifts.
         second_stage_outcomes: One line per target T: what the check kept or reverted.
+        resolution_params: Filled by ``calibrate_neurons`` when the resolution is chosen
+            (``config.resolution`` None): candidate resolution -> {activation tensor name ->
+            DNI parameters}; ``neuron_params`` holds the fewest candidate's.
+        resolution_ann: With ``resolution_params``: the ANN (an ONNX ModelProto) and the
+            name of its readout, for the reference that the choice compares with.
+        chosen_resolution: Filled by ``choose_resolution``: target T -> resolution.
         dry_run: Check and lower the graph without calibration data (placeholder neuron
             parameters), for ``snnc inspect`` and early error reporting.
         cluster: Where the passes run their work over calibration images: None, here; or
@@ -139,5 +173,8 @@ class CompileContext:
     second_stage_ann: SecondStageAnn | None = None
     second_stage_reference: np.ndarray | None = None
     second_stage_outcomes: list[str] = field(default_factory=list)
+    resolution_params: dict = field(default_factory=dict)
+    resolution_ann: tuple | None = None
+    chosen_resolution: dict = field(default_factory=dict)
     dry_run: bool = False
     cluster: Cluster | None = None

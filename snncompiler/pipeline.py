@@ -25,6 +25,7 @@ from snncompiler.lowering import (
 from snncompiler.npz import Dataset, check_input_shape, feeds
 from snncompiler.passes.balance_potentials import balance_potentials, record_second_stage_stats
 from snncompiler.passes.calibrate_neurons import calibrate_neurons
+from snncompiler.passes.choose_resolution import choose_resolution
 from snncompiler.passes.drop_identity import drop_identity
 from snncompiler.passes.fold_batchnorm import fold_batchnorm
 from snncompiler.passes.fold_batchnorm_forward import fold_batchnorm_forward
@@ -134,6 +135,8 @@ def compile_model(model_path: str | Path, calibration: Dataset | None,
     )
     counts = run_passes(graph, ctx)
     program = lower_graph(graph, ctx, source=Path(model_path).name)
+    # After lowering, like the second stage: both simulate the program they change.
+    counts["choose_resolution"] = choose_resolution(program, ctx)
     if config.second_stage:
         # After lowering: the second stage simulates the program it corrects.
         counts["balance_potentials"] = balance_potentials(program, ctx)
@@ -152,6 +155,11 @@ def calibration_batch_size(graph: gs.Graph, largest: int) -> int:
                     if isinstance(tensor, gs.Variable) and tensor.shape
                     and all(isinstance(d, int) for d in tensor.shape[1:]))
     return max(1, min(largest, DEFAULT_MEMORY_BUDGET // max(4 * per_image, 1)))
+
+
+def resolution_of(ctx: CompileContext, timesteps: int) -> int:
+    """The resolution that target ``timesteps`` was calibrated for: chosen or fixed."""
+    return ctx.chosen_resolution.get(timesteps) or ctx.config.resolutions[0]
 
 
 def calibration_summary(ctx: CompileContext, calibration: Dataset) -> dict:
@@ -179,7 +187,8 @@ def calibration_summary(ctx: CompileContext, calibration: Dataset) -> dict:
                           "sweeps": config.second_stage_sweeps,
                           "checked": list(ctx.second_stage_outcomes)}
                          if config.second_stage else None),
-        "resolution": config.resolution,
-        "levels_per_step": [config.levels_per_step(t) for t in config.timesteps],
+        "resolution": [resolution_of(ctx, t) for t in config.timesteps],
+        "levels_per_step": [config.levels_per_step(t, resolution_of(ctx, t))
+                            for t in config.timesteps],
         "layers": layers,
     }

@@ -58,7 +58,7 @@ def test_programs_with_tracking_neurons_take_the_fused_executor():
 
 
 @pytest.mark.parametrize("theta_neg", ["zero", "minus_theta", "off"])
-@pytest.mark.parametrize("max_spikes", [1, 3])
+@pytest.mark.parametrize("max_spikes", [1, 3, 64])
 def test_executors_give_the_same_bits(theta_neg, max_spikes):
     program = mobile_block(theta_neg=theta_neg, max_spikes=max_spikes, timesteps=(8, 16))
     x = 2 * inputs((3, 8, 8), batch=4)

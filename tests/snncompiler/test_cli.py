@@ -3,6 +3,7 @@
 import json
 from dataclasses import replace
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -106,9 +107,26 @@ def test_compile_option_defaults_are_the_compile_config_defaults():
     assert options["timesteps"].default == ",".join(map(str, default.timesteps))
     for option, field in [("theta_neg", "theta_neg"), ("initial_potential", "initial_potential"),
                           ("granularity", "granularity"), ("max_spikes", "max_spikes_per_step"),
-                          ("resolution", "resolution"), ("second_stage", "second_stage"),
+                          ("second_stage", "second_stage"),
+                          ("output_tolerance", "output_tolerance"),
                           ("second_stage_samples", "second_stage_samples")]:
         assert options[option].default == getattr(default, field), option
+    resolution = options["resolution"]
+    assert resolution.callback(None, resolution, resolution.default) == default.resolution
+
+
+@pytest.mark.parametrize("given, parsed", [("auto", None), ("AUTO", None), ("16", 16),
+                                           ("1", 1)])
+def test_resolution_is_auto_or_a_number(given, parsed):
+    resolution = {p.name: p for p in main.commands["compile"].params}["resolution"]
+    assert resolution.callback(None, resolution, given) == parsed
+
+
+@pytest.mark.parametrize("given", ["0", "-3", "many", "1.5"])
+def test_a_bad_resolution_is_refused(given):
+    resolution = {p.name: p for p in main.commands["compile"].params}["resolution"]
+    with pytest.raises(click.BadParameter, match="neither 'auto' nor a whole number"):
+        resolution.callback(None, resolution, given)
 
 
 def test_compile_without_options_compiles_with_the_compile_config(demo, tmp_path, monkeypatch):

@@ -69,7 +69,8 @@ def converted(tmp_path_factory):
     path = tmp_path_factory.mktemp("diag") / "model.onnx"
     onnx.save(model, path)
     x = np.random.default_rng(4).normal(size=(24, 2, 6, 6)).astype(np.float32)
-    config = CompileConfig(timesteps=(4, 64), progress=False)
+    # One level per step (resolution 1): the levels, and so the error, then change with T.
+    config = CompileConfig(timesteps=(4, 64), resolution=1, progress=False)
     program = compile_model(path, Dataset(x, None, "test"), config).program
     return model, x, SpikingNetwork(program)
 

@@ -1,0 +1,118 @@
+"""Post-lowering step: the fewest threshold levels that make the SNN faithful, per target T.
+
+Why. With room to catch up (``CompileConfig.burst_size``), what a neuron has sent after T
+steps is its whole input rounded to its threshold, so the SNN computes the ANN with every
+activation rounded to one of ``resolution`` levels (``CompileConfig.levels_per_step``),
+whatever T is. How many levels a network needs depends on the network: a small CNN is
+within a tenth of a point of its ANN with 16, while the rounding errors of a 33-layer
+EfficientNet add up to a wrong class for one image in ten at 64
+(docs/results/deep_fidelity.md). More levels cost synaptic operations (smaller
+thresholds fire on more steps), so no constant suits both.
+
+How. ``calibrate_neurons`` prepared DNI's parameters for every candidate resolution from
+the same histograms (``ctx.resolution_params``). For each target T, from the fewest levels
+up, the candidate's thresholds and initial potentials are written into that T's row and
+the program runs for T steps on the held-out half of the second stage's calibration images
+(:func:`~.balance_potentials.second_stage_images`; all of them if there are fewer than
+two). The first candidate whose readout is within ``config.output_tolerance`` of the
+ANN's, ``||SNN - ANN|| / ||ANN||`` over those images, is kept; if none is, the candidate
+with the smallest error. Each T's choice and the errors that led to it go to the report and
+the ``.snn`` header.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from snncompiler.context import CompileContext
+from snncompiler.errors import CalibrationError
+from snncompiler.frontend import ort_session
+from snncompiler.runtime.graph import Program
+
+from .balance_potentials import readout_error, second_stage_images, spike_sums
+from .replace_activations import ABS_SUFFIX
+
+
+def calibration_key(node) -> str:
+    """The activation tensor whose DNI parameters a lowered neuron node holds (the key of
+    ``ctx.neuron_params``): a ReLU neuron's input, a clipped neuron's output (the Clip's),
+    a leaky neuron's ``|f(x)|``."""
+    if node.op == "snm":
+        return node.inputs[0]
+    return node.output + (ABS_SUFFIX if node.op == "snm_leaky" else "")
+
+
+def choose_resolution(program: Program, ctx: CompileContext) -> int:
+    """Sets every neuron's parameters of each target T to the fewest candidate levels whose
+    readout is within tolerance on held-out images (see the module docstring).
+
+    Runs only when ``ctx.resolution_params`` holds several candidates.
+    Preconditions: the program has one input and one output; its neuron nodes hold the
+    parameters of the fewest candidate, one row per entry of ``program.timesteps``.
+    Preserves: weights, biases and every attribute; only ``theta`` and ``v0`` rows change.
+
+    Returns:
+        The number of target T given more levels than the fewest candidate.
+    """
+    candidates = sorted(ctx.resolution_params)
+    if len(candidates) < 2:
+        return 0
+    if len(program.inputs) != 1 or len(program.outputs) != 1:
+        raise CalibrationError("choosing the resolution needs a model with one input and one "
+                               "output: pass --resolution N")
+    neurons = program.neuron_nodes()
+    for node in neurons:
+        if calibration_key(node) not in ctx.resolution_params[candidates[0]]:
+            raise CalibrationError(f"node {node.name!r} ({node.op}): no calibrated "
+                                   f"parameters for {calibration_key(node)!r}")
+    fit, check = second_stage_images(ctx, program.inputs[0].name)
+    images = check if len(check) else fit
+    reference = _reference(ctx, program.inputs[0].name, images)
+    tolerance = ctx.config.output_tolerance
+    raised, lines = 0, []
+    for row, steps in enumerate(program.timesteps):
+        tried = {}
+        bar = tqdm(total=len(candidates) * steps * len(images), unit="img-step",
+                   desc=f"resolution, T={steps}", disable=not ctx.config.progress,
+                   leave=False)
+        for resolution in candidates:
+            _write_row(neurons, ctx.resolution_params[resolution], row)
+            found = spike_sums(program, images, steps, [], bar=bar)
+            readout = np.concatenate(found.readouts)
+            tried[resolution] = math.sqrt(readout_error(readout, reference))
+            if tried[resolution] <= tolerance:
+                break
+        bar.close()
+        chosen = next((r for r, e in tried.items() if e <= tolerance),
+                      min(tried, key=tried.get))
+        if chosen != resolution:
+            _write_row(neurons, ctx.resolution_params[chosen], row)
+        ctx.chosen_resolution[steps] = chosen
+        raised += chosen != candidates[0]
+        lines.append(f"T={steps}: {chosen} levels (readout error "
+                     + ", ".join(f"{r}: {e:.3g}" for r, e in tried.items()) + ")")
+    ctx.report.append(f"resolution (tolerance {tolerance:g} on {len(images)} held-out "
+                      "images): " + "; ".join(lines))
+    return raised
+
+
+def _write_row(neurons, params: dict, row: int) -> None:
+    for node in neurons:
+        chosen = params[calibration_key(node)]
+        for name in ("theta", "v0"):
+            array = np.array(node.arrays[name], dtype=np.float32)
+            array[row] = getattr(chosen, name)[row]
+            node.arrays[name] = array
+
+
+def _reference(ctx: CompileContext, name: str, images: np.ndarray) -> np.ndarray:
+    """The ANN's readout on ``images`` (onnxruntime, in calibration-sized batches)."""
+    model, readout = ctx.resolution_ann
+    session = ort_session(model)
+    # The calibration's own batch size, which the pipeline sized for the model's memory.
+    size = len(next(iter(next(ctx.calibration_batches()).values())))
+    return np.concatenate([session.run([readout], {name: images[i:i + size]})[0]
+                           for i in range(0, len(images), size)]).astype(np.float64)
