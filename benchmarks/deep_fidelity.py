@@ -380,8 +380,8 @@ def model_table(record: dict) -> list[str]:
 def conversion_line(settings: dict | None) -> str:
     if not settings:
         return "Conversion settings: not recorded."
-    shown = ("method", "theta_neg", "max_spikes_per_step", "granularity", "initial_potential",
-             "second_stage", "samples")
+    shown = ("method", "theta_neg", "max_spikes_per_step", "resolution", "levels_per_step",
+             "granularity", "initial_potential", "second_stage", "samples")
     return "Conversion settings (from the .snn header): " + ", ".join(
         f"{key} {json.dumps(settings[key])}" for key in shown if key in settings) + "."
 
