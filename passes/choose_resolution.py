@@ -49,9 +49,11 @@ def choose_resolution(program: Program, ctx: CompileContext) -> int:
     """Sets every neuron's parameters of each target T to the fewest candidate levels whose
     readout is within tolerance on held-out images (see the module docstring).
 
-    Runs only when ``ctx.resolution_params`` holds several candidates.
-    Preconditions: the program has one input and one output; its neuron nodes hold the
-    parameters of the fewest candidate, one row per entry of ``program.timesteps``.
+    Runs only when ``ctx.resolution_params`` holds several candidates, and only on a
+    program with one input and one output (others keep the fewest candidate, with a report
+    line saying so).
+    Preconditions: its neuron nodes hold the parameters of the fewest candidate, one row per
+    entry of ``program.timesteps``.
     Preserves: weights, biases and every attribute; only ``theta`` and ``v0`` rows change.
 
     Returns:
@@ -61,8 +63,11 @@ def choose_resolution(program: Program, ctx: CompileContext) -> int:
     if len(candidates) < 2:
         return 0
     if len(program.inputs) != 1 or len(program.outputs) != 1:
-        raise CalibrationError("choosing the resolution needs a model with one input and one "
-                               "output: pass --resolution N")
+        # No single readout to compare: keep the fewest levels, and say so.
+        ctx.report.append(f"resolution: {candidates[0]} levels at every T, not chosen (the "
+                          "choice compares one readout of a one-input model; pass "
+                          "--resolution N to set it)")
+        return 0
     neurons = program.neuron_nodes()
     for node in neurons:
         if calibration_key(node) not in ctx.resolution_params[candidates[0]]:

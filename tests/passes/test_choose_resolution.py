@@ -84,3 +84,28 @@ def test_the_key_of_every_neuron_kind():
     assert calibration_key(Node("snm_clip")) == "y"
     assert calibration_key(Node("snm_leaky")).startswith("y")
     assert calibration_key(Node("snm_leaky")) != "y"
+
+
+def test_a_model_with_two_outputs_keeps_the_fewest_levels(tmp_path):
+    rng = np.random.default_rng(0)
+    weights = {name: rng.normal(size=shape).astype(np.float32)
+               for name, shape in (("w1", (6, 8)), ("w2", (8, 3)), ("w3", (8, 2)))}
+    nodes = [onnx.helper.make_node("Gemm", ["x", "w1"], ["h"]),
+             onnx.helper.make_node("Relu", ["h"], ["r"]),
+             onnx.helper.make_node("Gemm", ["r", "w2"], ["y1"]),
+             onnx.helper.make_node("Gemm", ["r", "w3"], ["y2"])]
+    graph = onnx.helper.make_graph(
+        nodes, "two_outputs",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
+        [onnx.helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, ["N", n])
+         for y, n in (("y1", 3), ("y2", 2))],
+        [onnx.numpy_helper.from_array(w, name) for name, w in weights.items()])
+    path = tmp_path / "two.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+              path)
+    x = rng.normal(size=(20, 6)).astype(np.float32)
+    result = compile_model(path, Dataset(x, None, "test"),
+                           CompileConfig(timesteps=(4,), progress=False, second_stage=False,
+                                         output_tolerance=1e-9))
+    assert chosen(result) == [16]
+    assert any("not chosen" in line for line in result.report)
