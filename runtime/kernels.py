@@ -62,7 +62,7 @@ import numpy as np
 from numba import njit, prange
 
 from snncompiler.runtime.analog import analog_step
-from snncompiler.runtime.neuron_variants import BURST_BLOCK, tracking_step
+from snncompiler.runtime.neuron_variants import BURST_BLOCK, fires_again, tracking_step
 from snncompiler.runtime.simd import (
     LANES,
     add8,
@@ -865,8 +865,7 @@ def _snm_one_more(theta, allow_negative, neg_scale, membrane, memory, out):
         th = theta[i]
         v = membrane[i]
         sent = out[i]
-        up = sent >= 0 and v >= th
-        down = allow_negative and sent <= 0 and v < th * neg_scale and memory[i] > 0
+        up, down = fires_again(th, v, sent, allow_negative, neg_scale, memory[i] > 0)
         membrane[i] = v - th if up else (v + th if down else v)
         step = np.float32(1.0) if up else (np.float32(-1.0) if down else np.float32(0.0))
         memory[i] += np.int32(step)
@@ -879,12 +878,9 @@ def _snm_wants_more(theta, allow_negative, neg_scale, membrane, memory, out):
     # the first neuron that would fire (a pass that changes nothing can be skipped, so the
     # result is the same bit for bit).
     for i in range(membrane.size):
-        th = theta[i]
-        v = membrane[i]
-        sent = out[i]
-        if sent >= 0 and v >= th:
-            return True
-        if allow_negative and sent <= 0 and v < th * neg_scale and memory[i] > 0:
+        up, down = fires_again(theta[i], membrane[i], out[i], allow_negative, neg_scale,
+                               memory[i] > 0)
+        if up or down:
             return True
     return False
 

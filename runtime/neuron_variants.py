@@ -225,6 +225,19 @@ def _track_block(z, theta, v0, slope, bound, allow_negative, neg_scale, max_spik
     return spikes
 
 
+@njit(cache=True, inline="always")
+def fires_again(theta, v, sent, allow_negative, neg_scale, can_take_back):
+    """``(up, down)``: whether a neuron at potential ``v`` that has sent ``sent`` spikes so
+    far this step sends one more positive or one more negative spike: the burst loop's
+    tests, shared by the SNM and tracking kernels' passes and their early stops. ``sent``
+    keeps a neuron from turning from positive spikes to negative ones or back (the scalar
+    loop tries negative spikes only when no positive one was sent); ``can_take_back`` is
+    the SNM's "M > 0" (always true for the tracking neurons)."""
+    up = sent >= 0 and v >= theta
+    down = allow_negative and sent <= 0 and v < theta * neg_scale and can_take_back
+    return up, down
+
+
 @njit(cache=True)
 def _track_one_more(size, theta, allow_negative, neg_scale, membrane, out):
     # One pass of _track_block. As in kernels._snm_one_more, the sign of ``sent`` keeps a
@@ -234,8 +247,7 @@ def _track_one_more(size, theta, allow_negative, neg_scale, membrane, out):
         th = theta[i]
         v = membrane[i]
         sent = out[i]
-        up = sent >= 0.0 and v >= th
-        down = allow_negative and sent <= 0.0 and v < th * neg_scale
+        up, down = fires_again(th, v, sent, allow_negative, neg_scale, True)
         membrane[i] = v - th if up else (v + th if down else v)
         out[i] = sent + 1.0 if up else (sent - 1.0 if down else sent)
 
@@ -245,12 +257,8 @@ def _track_wants_more(size, theta, allow_negative, neg_scale, membrane, out):
     # Whether another pass of _track_one_more would change any neuron (its tests, stopping
     # at the first that would fire): skipping a pass that changes nothing keeps every bit.
     for i in range(size):
-        th = theta[i]
-        v = membrane[i]
-        sent = out[i]
-        if sent >= 0.0 and v >= th:
-            return True
-        if allow_negative and sent <= 0.0 and v < th * neg_scale:
+        up, down = fires_again(theta[i], membrane[i], out[i], allow_negative, neg_scale, True)
+        if up or down:
             return True
     return False
 
