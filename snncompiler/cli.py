@@ -214,11 +214,14 @@ def eval_memory(sizes: dict[str, int], steps: int, batch: int, budget: int) -> i
     executor holds the chunks' parts and their concatenation at the end of a run (the fused
     executor writes one array, so this is an upper bound). One time chunk of activations
     takes about ``budget`` (the engine sizes chunks to it), and at least one step: four live
-    float32 tensors of the largest activation, as the engine itself reckons.
+    float32 tensors of the largest activation, as the engine itself reckons. The neuron
+    state (``sizes["state"]``, bytes per sample, if given) is held for the samples simulated
+    at once, which ``evaluate`` keeps within the budget but never below one sample.
     """
     readout = 2 * 4 * steps * batch * sizes["outputs"]
     one_step = 4 * 4 * batch * sizes["largest"]
-    return readout + max(budget, one_step) + 4 * batch * sizes["inputs"]
+    return (readout + max(budget, one_step) + 4 * batch * sizes["inputs"]
+            + sizes.get("state", 0))
 
 
 def plan_batch(sizes: dict[str, int], steps: int, batch: int, max_memory: int) -> int:
@@ -231,8 +234,10 @@ def plan_batch(sizes: dict[str, int], steps: int, batch: int, max_memory: int) -
     if eval_memory(sizes, steps, 1, budget) > max_memory:
         need = eval_memory(sizes, steps, 1, budget)
         raise InputError(f"T={steps} needs {need / 2**30:.1f} GiB even one sample at a time "
-                         f"(a readout of {steps} steps x {sizes['outputs']} outputs), more "
-                         f"than --max-memory {max_memory / 2**30:g} GiB; use fewer timesteps")
+                         f"(a readout of {steps} steps x {sizes['outputs']} outputs and "
+                         f"{sizes.get('state', 0) / 2**20:.0f} MiB of neuron state), more "
+                         f"than --max-memory {max_memory / 2**30:g} GiB; use fewer timesteps "
+                         "or a larger --max-memory")
     low, high = 1, batch  # eval_memory grows with the batch: bisect for the largest fit
     while low < high:
         middle = (low + high + 1) // 2
@@ -463,7 +468,7 @@ def _evaluate(snn, data, steps, onnx_path, json_path, batch_size, limit, max_mem
     program = net.program
     if len(program.inputs) != 1 or len(program.outputs) != 1:
         raise InputError(f"{snn}: evaluation supports networks with one input and one output")
-    sizes = activation_sizes(program)
+    sizes = {**activation_sizes(program), "state": net.state_bytes()}
     batch = plan_batch(sizes, max(steps), batch_size, limit_bytes)
     preprocessing = Preprocessing(*preprocessing)
     dataset = load_npz(data, preprocessing, limit=limit)

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from snncompiler import cli
 from snncompiler.cli import main
+from snncompiler.errors import InputError
 from snncompiler.runtime import Node, Program, TensorSpec
 from snncompiler.runtime.format import save_program
 from tests.onnx_models import view_flatten_model
@@ -254,11 +255,24 @@ def test_large_t_lowers_the_batch_to_fit_the_memory_limit(files, monkeypatch):
     assert 1 <= seen["batch_size"] < 12
     assert seen["chunk_budget"] <= limit * 2**30 / 4
     assert f"batch size lowered from 128 to {seen['batch_size']}" in result.output
-    sizes = cli.activation_sizes(compiled_program(files))
+    sizes = {**cli.activation_sizes(compiled_program(files)), "state": state_bytes(files)}
     assert cli.eval_memory(sizes, 100000, seen["batch_size"], seen["chunk_budget"]) <= (
         limit * 2**30)
     assert cli.eval_memory(sizes, 100000, seen["batch_size"] + 1, seen["chunk_budget"]) > (
         limit * 2**30)
+
+
+def state_bytes(files) -> int:
+    from snncompiler import runtime
+
+    return runtime.load(files / "model.snn").state_bytes()
+
+
+def test_a_limit_below_one_samples_neuron_state_is_refused():
+    sizes = {"inputs": 10, "outputs": 2, "largest": 10, "state": 64 * 2**20}
+    with pytest.raises(InputError, match="MiB of neuron state"):
+        cli.plan_batch(sizes, 4, 8, 32 * 2**20)
+    assert cli.plan_batch(sizes, 4, 8, 2**30) >= 1
 
 
 def compiled_program(files):
