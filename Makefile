@@ -47,7 +47,8 @@ fidelity: $(STAMP) $(TORCH_STAMP)
 	$(BIN)/python benchmarks/fidelity.py --models demo --timesteps 4,8,32 --limit 2000 \
 		--variants dni_narrow,dni_minus_theta,dni_layer,dni_burst2,dni,dni_ss,dni_ss_spiking_readout \
 		--out $(RESULTS)/fidelity_neurons.json
-	$(BIN)/python benchmarks/fidelity.py --variants bursts_ss,dni_ss,bursts \
+	$(BIN)/python benchmarks/fidelity.py \
+		--variants auto_ss,bursts_ss,dni_ss,bursts,catchup_ss,catchup64_ss \
 		--timesteps 1,2,4,8,16 --out $(RESULTS)/fidelity_low_t.json
 	$(BIN)/python benchmarks/fidelity.py --report
 
