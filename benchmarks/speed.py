@@ -653,6 +653,11 @@ DEEP_NOTES = [
     "1.4 to 1.9), after the burst neurons were vectorised (10.0x and 7.85x before). That "
     "network was calibrated otherwise (256 views, the second stage) and fired more (0.54 "
     "spikes per neuron and step, 7.65 G synaptic ops per image): not the same work.",
+    "- The same measurement with the defaults of commit 31064ea (bursts of at most 4, 16 "
+    "levels) gave 2.87x (load average 0.5 to 1.7). Since then the neurons may send up to 64 "
+    "spikes a step and this network gets 128 levels (docs/algorithm.md): about the same "
+    "synaptic operations, but a neuron now sends several spikes in most steps, and the burst "
+    "kernels pay one pass over a block of neurons per spike of its busiest neuron.",
 ]
 
 
