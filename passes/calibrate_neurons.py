@@ -89,8 +89,8 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
         potential = config.initial_potential
         if name in signed and potential == "dni":
             potential = "half"
-        for resolution in config.resolutions:
-            params = choose_neuron_parameters(
+        by_resolution = {
+            resolution: choose_neuron_parameters(
                 hist,
                 config.timesteps,
                 percentiles=config.threshold_percentiles,
@@ -100,9 +100,11 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
                 levels_per_step=[config.levels_per_step(t, resolution)
                                  for t in config.timesteps],
             )
-            if choosing:
-                ctx.resolution_params.setdefault(resolution, {})[name] = params
-        params = ctx.resolution_params[config.resolutions[0]][name] if choosing else params
+            for resolution in config.resolutions}
+        if choosing:
+            for resolution, candidate in by_resolution.items():
+                ctx.resolution_params.setdefault(resolution, {})[name] = candidate
+        params = by_resolution[config.resolutions[0]]
         ctx.activation_stats[name] = hist
         ctx.neuron_params[name] = params
         inactive = int(params.inactive.sum())

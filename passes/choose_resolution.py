@@ -77,6 +77,9 @@ def choose_resolution(program: Program, ctx: CompileContext) -> int:
     images = check if len(check) else fit
     reference = _reference(ctx, program.inputs[0].name, images)
     tolerance = ctx.config.output_tolerance
+    for node in neurons:  # writable float32 copies, whose rows _write_row replaces
+        for name in ("theta", "v0"):
+            node.arrays[name] = np.array(node.arrays[name], dtype=np.float32)
     raised, lines = 0, []
     for row, steps in enumerate(program.timesteps):
         tried = {}
@@ -107,10 +110,8 @@ def choose_resolution(program: Program, ctx: CompileContext) -> int:
 def _write_row(neurons, params: dict, row: int) -> None:
     for node in neurons:
         chosen = params[calibration_key(node)]
-        for name in ("theta", "v0"):
-            array = np.array(node.arrays[name], dtype=np.float32)
-            array[row] = getattr(chosen, name)[row]
-            node.arrays[name] = array
+        node.arrays["theta"][row] = chosen.theta[row]
+        node.arrays["v0"][row] = chosen.v0[row]
 
 
 def _reference(ctx: CompileContext, name: str, images: np.ndarray) -> np.ndarray:
