@@ -1,0 +1,80 @@
+"""Room to catch up: one compiled network, run with different burst caps.
+
+    .venv/bin/python benchmarks/burst_cap.py [--model efficientnet_lite0] [--caps 4,16,64]
+        [--timesteps 8,16,32] [--limit 40] [--calib-limit 64]
+
+Compiles ``out/deep/<model>.onnx`` (written by ``tools/deep_models/export.py``) once with
+``--resolution 64 --no-second-stage`` (thresholds for 64 levels, so only the cap varies),
+then, for each cap, sets every neuron's ``max_spikes_per_step`` to it and runs the first
+``--limit`` test views at each T with that T's parameters. Prints top-1 agreement with the
+ANN (onnxruntime) and the relative logit error ``||SNN - ANN|| / ||ANN||`` averaged over
+views. The thresholds are the same in every row: what changes is how many spikes a neuron
+may send in one step to catch up (docs/algorithm.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--data", type=Path, default=REPO / "out" / "deep")
+    parser.add_argument("--caps", default="4,16,64")
+    parser.add_argument("--timesteps", default="8,16,32")
+    parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--calib-limit", type=int, default=64)
+    args = parser.parse_args()
+    onnx_path = args.data / f"{args.model}.onnx"
+    if not onnx_path.exists():
+        sys.exit(f"{onnx_path} is missing: run tools/deep_models/export.py first")
+    from snncompiler.frontend import load_model, ort_session
+    from snncompiler.runtime.engine import SpikingNetwork
+    from snncompiler.runtime.format import load_program
+
+    steps = [int(t) for t in args.timesteps.split(",")]
+    with tempfile.TemporaryDirectory() as work:
+        snn = Path(work) / "net.snn"
+        subprocess.run([sys.executable, "-m", "snncompiler.cli", "compile", str(onnx_path),
+                        "-o", str(snn), "--calib", str(args.data / f"{args.model}_calib.npz"),
+                        "--calib-samples", str(args.calib_limit), "-T", args.timesteps,
+                        "--resolution", "64", "--max-spikes", "64", "--no-second-stage",
+                        "-q"], check=True)
+        program = load_program(snn)
+    with np.load(args.data / f"{args.model}_test.npz") as data:
+        x = data["x"][:args.limit].astype(np.float32)
+    session = ort_session(load_model(onnx_path))
+    name = session.get_inputs()[0].name
+    reference = np.concatenate([session.run(None, {name: x[i:i + 8]})[0]
+                                for i in range(0, len(x), 8)])
+    print(f"{args.model}, {len(x)} test views, thresholds for 64 levels, no second stage; "
+          f"{platform.processor() or platform.machine()}, {platform.platform()}")
+    print("| burst cap | " + " | ".join(f"T={t} agreement / logit error" for t in steps) + " |")
+    print("|---|" + "---|" * len(steps))
+    for cap in [int(c) for c in args.caps.split(",")]:
+        for node in program.neuron_nodes():
+            node.attrs["max_spikes_per_step"] = cap
+        net = SpikingNetwork(program)
+        cells = []
+        for t in steps:
+            out = np.concatenate([net.run(x[i:i + 8], t, parameters_for=t)[-1]
+                                  for i in range(0, len(x), 8)])
+            agree = (out.argmax(1) == reference.argmax(1)).mean()
+            error = (np.linalg.norm(out - reference, axis=1)
+                     / np.linalg.norm(reference, axis=1)).mean()
+            cells.append(f"{100 * agree:.1f}% / {error:.3f}")
+        print(f"| {cap} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
