@@ -62,7 +62,8 @@ import numpy as np
 from numba import njit, prange
 
 from snncompiler.runtime.analog import analog_step
-from snncompiler.runtime.neuron_variants import BURST_BLOCK, fires_again, tracking_step
+from snncompiler.runtime.neuron_variants import tracking_step
+from snncompiler.runtime.neurons import signed_spikes
 from snncompiler.runtime.simd import (
     LANES,
     add8,
@@ -772,7 +773,7 @@ def maxpool_spikes_step(memory, channels, height, width, kh, kw, sh, sw, ph, pw,
 
 @njit(cache=True)
 def snm_step(z, theta, theta_neg_code, max_spikes, membrane, memory, out, count=True):
-    """One step of SNM neurons for one sample (equations in neurons.py).
+    """One step of SNM neurons for one sample (the firing rule of neurons.py).
 
     Args:
         z: Input current, flat.
@@ -784,105 +785,33 @@ def snm_step(z, theta, theta_neg_code, max_spikes, membrane, memory, out, count=
         The number of spikes sent (a burst of k counts k); 0 for one-spike neurons with
         ``count`` false (their caller counts the nonzero outputs as it lists them).
     """
-    if max_spikes != 1:
-        return _snm_bursts(z, theta, theta_neg_code, max_spikes, membrane, memory, out)
-    _snm_one_spike(z, theta, theta_neg_code, membrane, memory, out)
+    # The neuron loop is selects only, so that it vectorises (LLVM checks at run time that
+    # its arrays do not overlap; in a function of its own, as LLVM gives up on a larger
+    # one). The count is a float, as numba widens int32 arithmetic to int64, which halves
+    # the vector width; ``out`` holds it until the spikes are counted.
+    band = np.float32(0.0) if theta_neg_code == 0 else np.float32(1.0)
+    _snm_counts(z, theta, band, np.float32(max_spikes), theta_neg_code != 2, membrane,
+                memory, out)
     spikes = 0
-    if count:
+    if count or max_spikes != 1:
         # In a loop of its own: a reduction would keep the neuron loop from vectorising.
         for i in range(out.size):
-            spikes += out[i] != 0
-    return spikes
-
-
-@njit(cache=True)
-def _snm_one_spike(z, theta, theta_neg_code, membrane, memory, out):
-    """:func:`snm_step` for neurons that send at most one spike a step."""
-    # The one-spike neuron as selects, so that the loop vectorises (LLVM checks at run time
-    # that its five arrays do not overlap; in a function of its own, as LLVM gives up on a
-    # larger one); the spike value is a float (numba widens int32 arithmetic to int64,
-    # which halves the vector width).
-    allow_negative = theta_neg_code != 2
-    neg_scale = np.float32(0.0) if theta_neg_code == 0 else np.float32(-1.0)
-    for i in range(z.size):
-        th = theta[i]
-        v = membrane[i] + z[i]
-        sent = np.float32(1.0) if v >= th else (
-            np.float32(-1.0) if allow_negative and v < th * neg_scale and memory[i] > 0
-            else np.float32(0.0))
-        membrane[i] = v - sent * th
-        memory[i] += np.int32(sent)
-        out[i] = sent * th
-
-
-@njit(cache=True)
-def _snm_bursts(z, theta, theta_neg_code, max_spikes, membrane, memory, out):
-    """:func:`snm_step` for neurons that may send up to ``max_spikes`` spikes a step."""
-    # The loop "while V >= theta: V -= theta" as max_spikes passes over a block of
-    # neurons, each deciding at most one more spike with selects only, so that every pass
-    # vectorises (a loop over the spikes inside the neuron loop does not). Between passes
-    # V stays in ``membrane``, the net count in ``memory`` and the spikes sent so far in
-    # ``out`` (a float, like the one-spike kernel's). The float operations per neuron are
-    # those of the scalar loop (tests/runtime/test_kernels.py checks it bit for bit).
-    allow_negative = theta_neg_code != 2
-    neg_scale = np.float32(0.0) if theta_neg_code == 0 else np.float32(-1.0)
-    spikes = 0
-    for start in range(0, z.size, BURST_BLOCK):
-        end = min(start + BURST_BLOCK, z.size)
-        spikes += _snm_burst_block(z[start:end], theta[start:end], allow_negative, neg_scale,
-                                   max_spikes, membrane[start:end], memory[start:end],
-                                   out[start:end])
-    return spikes
-
-
-@njit(cache=True)
-def _snm_burst_block(z, theta, allow_negative, neg_scale, max_spikes, membrane, memory,
-                     out):
-    # _snm_bursts on one block.
-    for i in range(z.size):
-        membrane[i] += z[i]
-        out[i] = np.float32(0.0)
-    for _ in range(max_spikes):
-        _snm_one_more(theta, allow_negative, neg_scale, membrane, memory, out)
-        # A large cap costs only the passes that some neuron of the block still needs.
-        if not _snm_wants_more(theta, allow_negative, neg_scale, membrane, memory, out):
-            break
-    spikes = 0
-    for i in range(out.size):  # a loop of its own: a reduction would not vectorise
-        spikes += np.int64(abs(out[i]))
+            spikes += np.int64(abs(out[i]))
     for i in range(out.size):
         out[i] *= theta[i]
     return spikes
 
 
-@njit(cache=True)
-def _snm_one_more(theta, allow_negative, neg_scale, membrane, memory, out):
-    # One pass of _snm_bursts. A neuron that sent positive spikes never turns negative
-    # (``sent >= 0``) and one that sent negative ones never turns positive (``sent <= 0``):
-    # the scalar loop tries negative spikes only when no positive one was sent. The limit
-    # of max_spikes holds as there is one pass per spike.
-    for i in range(membrane.size):
+@njit(cache=True, error_model="numpy")
+def _snm_counts(z, theta, band, most, allow_negative, membrane, memory, out):
+    # snm_step's neuron loop: the signed spike count of every neuron into ``out``.
+    for i in range(z.size):
         th = theta[i]
-        v = membrane[i]
-        sent = out[i]
-        up, down = fires_again(th, v, sent, allow_negative, neg_scale, memory[i] > 0)
-        membrane[i] = v - th if up else (v + th if down else v)
-        step = np.float32(1.0) if up else (np.float32(-1.0) if down else np.float32(0.0))
-        memory[i] += np.int32(step)
-        out[i] = sent + step
-
-
-@njit(cache=True)
-def _snm_wants_more(theta, allow_negative, neg_scale, membrane, memory, out):
-    # Whether another pass of _snm_one_more would change any neuron: its tests, stopping at
-    # the first neuron that would fire (a pass that changes nothing can be skipped, so the
-    # result is the same bit for bit).
-    for i in range(membrane.size):
-        up, down = fires_again(theta[i], membrane[i], out[i], allow_negative, neg_scale,
-                               memory[i] > 0)
-        if up or down:
-            return True
-    return False
+        v = membrane[i] + z[i]
+        sent = signed_spikes(v, th, band, most, np.float32(memory[i]), allow_negative)
+        membrane[i] = v - sent * th
+        memory[i] += np.int32(sent)
+        out[i] = sent
 
 
 # --------------------------------------------------------------------------- executor

@@ -21,12 +21,8 @@ Step, per neuron, with ``S`` the running input sum, ``M`` the net spike count an
 ``k = max_spikes_per_step``::
 
     S += z(t);   V = v0 + f_t(S) - theta * M          (the membrane SNM would have)
-    repeat up to k times:
-        if V >= theta:                     s = +theta
-        elif V < theta_neg:                s = -theta   (never when theta_neg is "off")
-        else:                              stop
-        V -= s;  M += s / theta
-    emit the sum of the s of this step
+    n = the SNM's firing rule on V (neurons.py), without its "M left" limit
+    M += n;  emit n * theta
 
 ``theta_neg`` is 0 (``"zero"``) or ``-theta`` (``"minus_theta"``, a hysteresis band), as
 for SNM. Since ``f_t >= 0`` for the clip neuron, its ``M`` never goes below 0 (no "M > 0"
@@ -43,7 +39,13 @@ import numpy as np
 from numba import njit, prange
 
 from snncompiler.runtime.graph import Value
-from snncompiler.runtime.neurons import THETA_NEG_CODES, neuron_current, spikes_sent
+from snncompiler.runtime.neurons import (
+    THETA_NEG_CODES,
+    neuron_current,
+    signed_spikes,
+    signed_spikes_reference,
+    spikes_sent,
+)
 
 
 def tracked_value(running, slope, upper, t):
@@ -72,14 +74,10 @@ def tracking_step_reference(z, running, memory, t, theta, v0, slope, upper, thet
     running = running + np.asarray(z, dtype=np.float64)
     theta = np.broadcast_to(np.asarray(theta, dtype=np.float64), running.shape)
     v = v0 + tracked_value(running, slope, upper, t) - theta * memory
-    neg = np.zeros_like(v) if theta_neg == "zero" else -theta
-    count = np.zeros(running.shape, dtype=np.int64)
-    for _ in range(max_spikes):
-        up = (v >= theta) & (count >= 0)
-        down = ~up & (v < neg) & (count <= 0) & (theta_neg != "off")
-        v = v - theta * up + theta * down
-        count = count + up - down
-    return count * theta, running, memory + count
+    band = 0.0 if theta_neg == "zero" else 1.0
+    count = signed_spikes_reference(v, theta, band, max_spikes, np.float64(max_spikes),
+                                    theta_neg != "off")
+    return count * theta, running, memory + count.astype(memory.dtype)
 
 
 def tracking_parameters(node) -> tuple[np.ndarray, float]:
@@ -96,24 +94,15 @@ def tracking_parameters(node) -> tuple[np.ndarray, float]:
 
 
 @njit(cache=True, inline="always")
-def _spikes(running, memory, theta, v0, slope, bound, theta_neg_code, max_spikes):
-    """The signed number of spikes one tracking neuron sends after its running input became
-    ``running`` (float64), having sent ``memory`` in net; ``bound`` is ``upper * t``.
-    The firing rule of the module docstring, for :func:`tracking_scan` (``_one_spike`` and
-    ``_track_bursts`` do the same operations as selects, for :func:`tracking_step`)."""
+def _spikes(running, memory, theta, v0, slope, bound, band, most, allow_negative):
+    """The signed number of spikes (a float64) one tracking neuron sends after its running
+    input became ``running`` (float64), having sent ``memory`` in net; ``bound`` is
+    ``upper * t``, ``band`` and ``most`` as for neurons.signed_spikes. The step of the
+    module docstring, for both kernels."""
     value = running if running >= 0.0 else slope * running
     value = min(value, bound)
     v = v0 + value - theta * memory
-    sent = 0
-    while sent < max_spikes and v >= theta:
-        v -= theta
-        sent += 1
-    if sent == 0 and theta_neg_code != 2:
-        neg = 0.0 if theta_neg_code == 0 else -theta
-        while sent > -max_spikes and v < neg:
-            v += theta
-            sent -= 1
-    return sent
+    return signed_spikes(v, theta, band, most, most, allow_negative)
 
 
 @njit(cache=True)
@@ -136,172 +125,66 @@ def tracking_step(z, theta, v0, slope, upper, elapsed, theta_neg_code, max_spike
     Returns:
         The number of spikes sent (a burst of k counts k).
     """
+    # ``out`` holds the signed counts until they are counted (in loops of their own: a
+    # reduction or a second store would keep the neuron loop from vectorising).
     bound = upper * elapsed
-    if max_spikes == 1:
-        _track_one_spike(z, theta, v0, slope, bound, theta_neg_code, inner, running, memory,
-                         out)
-        spikes = 0
-        # In a loop of its own: a reduction would keep the neuron loop from vectorising.
-        for i in range(out.size):
-            spikes += out[i] != 0
-        return spikes
-    return _track_bursts(z, theta, v0, slope, bound, theta_neg_code, max_spikes, inner,
-                         running, memory, out)
-
-
-# Neurons per block of the burst kernels (here and kernels._snm_bursts): a block's arrays
-# stay in the L1 cache over its max_spikes passes.
-BURST_BLOCK = 512
-
-
-@njit(cache=True)
-def _track_bursts(z, theta, v0, slope, bound, theta_neg_code, max_spikes, inner, running,
-                  memory, out):
-    """:func:`tracking_step` for neurons that may send up to ``max_spikes`` spikes a step."""
-    # As kernels._snm_bursts: max_spikes passes over a block of neurons, each deciding one
-    # more spike with selects only, so that every pass vectorises. The passes are flat
-    # loops over per-neuron copies of the channel parameters (a loop over channels inside
-    # a loop over groups did not vectorise); the float64 V waits between passes in
-    # ``membrane``. The operations per neuron are those of _spikes (test_fused_tracking
-    # checks it bit for bit).
-    channels = theta.size
-    allow_negative = theta_neg_code != 2
-    neg_scale = 0.0 if theta_neg_code == 0 else -1.0
-    # channels-last: a block is whole groups, with the same parameters every time
-    span = max(1, BURST_BLOCK // channels) * channels if inner == 1 else inner
-    membrane = np.empty(span)
-    th = np.empty(span)
-    v = np.empty(span)
-    s = np.empty(span)
+    band = np.float32(0.0) if theta_neg_code == 0 else np.float32(1.0)
+    _track_counts(z, theta, v0, slope, bound, band, np.float64(max_spikes),
+                  theta_neg_code != 2, inner, running, memory, out)
     spikes = 0
+    for i in range(out.size):
+        spikes += np.int64(abs(out[i]))
+    channels = theta.size
     if inner == 1:
-        for j in range(span):
-            th[j] = theta[j % channels]
-            v[j] = v0[j % channels]
-            s[j] = slope[j % channels]
-        for start in range(0, z.size, span):
-            end = min(start + span, z.size)
-            spikes += _track_block(z[start:end], th, v, s, bound, allow_negative, neg_scale,
-                                   max_spikes, running[start:end], memory[start:end],
-                                   out[start:end], membrane)
+        for g in range(z.size // channels):
+            for c in range(channels):
+                out[g * channels + c] = out[g * channels + c] * theta[c]
         return spikes
     for g in range(z.size // (channels * inner)):
         for c in range(channels):
-            th[:] = theta[c]
-            v[:] = v0[c]
-            s[:] = slope[c]
-            start = (g * channels + c) * inner
-            end = start + inner
-            spikes += _track_block(z[start:end], th, v, s, bound, allow_negative, neg_scale,
-                                   max_spikes, running[start:end], memory[start:end],
-                                   out[start:end], membrane)
+            th = theta[c]
+            base = (g * channels + c) * inner
+            for j in range(inner):
+                out[base + j] = out[base + j] * th
     return spikes
 
 
-@njit(cache=True)
-def _track_block(z, theta, v0, slope, bound, allow_negative, neg_scale, max_spikes, running,
-                 memory, out, membrane):
-    # _track_bursts on one block; theta, v0, slope and membrane are per neuron (at least
-    # as long as the block).
-    for i in range(z.size):  # _spikes up to its loops: V before any spike of this step
-        a = running[i] + z[i]
-        value = a if a >= 0.0 else slope[i] * a
-        value = min(value, bound)
-        membrane[i] = v0[i] + value - theta[i] * memory[i]
-        running[i] = a
-        out[i] = 0.0
-    for _ in range(max_spikes):
-        _track_one_more(z.size, theta, allow_negative, neg_scale, membrane, out)
-        # A large cap costs only the passes that some neuron of the block still needs.
-        if not _track_wants_more(z.size, theta, allow_negative, neg_scale, membrane, out):
-            break
-    spikes = 0
-    for i in range(out.size):  # a loop of its own: a reduction would not vectorise
-        spikes += np.int64(abs(out[i]))
-    for i in range(out.size):
-        sent = out[i]
-        memory[i] += np.int32(sent)
-        out[i] = sent * theta[i]
-    return spikes
-
-
-@njit(cache=True, inline="always")
-def fires_again(theta, v, sent, allow_negative, neg_scale, can_take_back):
-    """``(up, down)``: whether a neuron at potential ``v`` that has sent ``sent`` spikes so
-    far this step sends one more positive or one more negative spike: the burst loop's
-    tests, shared by the SNM and tracking kernels' passes and their early stops. ``sent``
-    keeps a neuron from turning from positive spikes to negative ones or back (the scalar
-    loop tries negative spikes only when no positive one was sent); ``can_take_back`` is
-    the SNM's "M > 0" (always true for the tracking neurons)."""
-    up = sent >= 0 and v >= theta
-    down = allow_negative and sent <= 0 and v < theta * neg_scale and can_take_back
-    return up, down
-
-
-@njit(cache=True)
-def _track_one_more(size, theta, allow_negative, neg_scale, membrane, out):
-    # One pass of _track_block. As in kernels._snm_one_more, the sign of ``sent`` keeps a
-    # neuron from turning from positive spikes to negative ones or back; there is no
-    # "M > 0" test (the module docstring says why).
-    for i in range(size):
-        th = theta[i]
-        v = membrane[i]
-        sent = out[i]
-        up, down = fires_again(th, v, sent, allow_negative, neg_scale, True)
-        membrane[i] = v - th if up else (v + th if down else v)
-        out[i] = sent + 1.0 if up else (sent - 1.0 if down else sent)
-
-
-@njit(cache=True)
-def _track_wants_more(size, theta, allow_negative, neg_scale, membrane, out):
-    # Whether another pass of _track_one_more would change any neuron (its tests, stopping
-    # at the first that would fire): skipping a pass that changes nothing keeps every bit.
-    for i in range(size):
-        up, down = fires_again(theta[i], membrane[i], out[i], allow_negative, neg_scale, True)
-        if up or down:
-            return True
-    return False
-
-
-@njit(cache=True, inline="always")
-def _one_spike(i, z, theta, v0, slope, bound, allow_negative, neg_scale, running, memory,
-               out):
-    # _spikes for one spike at most, as selects (no branch, so that the loops around it
-    # vectorise); the spike is a float, as numba widens int32 arithmetic to int64.
-    a = running[i] + z[i]
-    value = a if a >= 0.0 else slope * a
-    value = min(value, bound)
-    v = v0 + value - theta * memory[i]
-    sent = 1.0 if v >= theta else (
-        -1.0 if allow_negative and v < theta * neg_scale else 0.0)
-    running[i] = a
-    memory[i] += np.int32(sent)
-    out[i] = sent * theta
-
-
-@njit(cache=True)
-def _track_one_spike(z, theta, v0, slope, bound, theta_neg_code, inner, running, memory, out):
-    """:func:`tracking_step` for neurons that send at most one spike a step."""
+@njit(cache=True, error_model="numpy")
+def _track_counts(z, theta, v0, slope, bound, band, most, allow_negative, inner, running,
+                  memory, out):
+    # tracking_step's neuron loops: each neuron's signed spike count into ``out``.
+    # channels-last (inner == 1): the loop over the channels is the inner one; otherwise
+    # the neurons of one channel are, with its parameters as scalars (a loop over channels
+    # inside a loop over neurons did not vectorise, nor did a body passed the arrays in an
+    # inlined function).
     channels = theta.size
-    allow_negative = theta_neg_code != 2
-    neg_scale = 0.0 if theta_neg_code == 0 else -1.0
     groups = z.size // (channels * inner)
-    if inner == 1:  # channels-last: the loop over the channels is the inner one
+    if inner == 1:
         for g in range(groups):
             base = g * channels
             for c in range(channels):
-                _one_spike(base + c, z, theta[c], v0[c], slope[c], bound, allow_negative,
-                           neg_scale, running, memory, out)
+                i = base + c
+                a = running[i] + z[i]
+                sent = _spikes(a, memory[i], theta[c], v0[c], slope[c], bound, band, most,
+                               allow_negative)
+                running[i] = a
+                memory[i] += np.int32(sent)
+                out[i] = sent
         return
     for g in range(groups):
         for c in range(channels):
+            th, start, sl = theta[c], v0[c], slope[c]
             base = (g * channels + c) * inner
             for j in range(inner):
-                _one_spike(base + j, z, theta[c], v0[c], slope[c], bound, allow_negative,
-                           neg_scale, running, memory, out)
+                i = base + j
+                a = running[i] + z[i]
+                sent = _spikes(a, memory[i], th, start, sl, bound, band, most, allow_negative)
+                running[i] = a
+                memory[i] += np.int32(sent)
+                out[i] = sent
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def tracking_scan(current, static_input, theta, v0, slope, upper, theta_neg_code, max_spikes,
                   t0, running, memory, out):
     """Runs tracking neurons over ``out.shape[0]`` steps (one time chunk).
@@ -319,6 +202,9 @@ def tracking_scan(current, static_input, theta, v0, slope, upper, theta_neg_code
     """
     steps = out.shape[0]
     batch, channels, size = running.shape
+    band = np.float32(0.0) if theta_neg_code == 0 else np.float32(1.0)
+    most = np.float64(max_spikes)
+    allow_negative = theta_neg_code != 2
     # Batch items are independent: each thread owns whole rows of the state, so the result
     # does not depend on the number of threads.
     for n in prange(batch):
@@ -330,8 +216,8 @@ def tracking_scan(current, static_input, theta, v0, slope, upper, theta_neg_code
                 for t in range(steps):
                     a += current[0 if static_input else t, n, c, s]
                     sent = _spikes(a, m, th, v0[c], slope[c], upper[c] * np.float64(t0 + t + 1),
-                                   theta_neg_code, max_spikes)
-                    m += sent
+                                   band, most, allow_negative)
+                    m += np.int32(sent)
                     out[t, n, c, s] = sent * th
                 running[n, c, s] = a
                 memory[n, c, s] = m

@@ -277,12 +277,13 @@ def _info(name: str, dtype: int, shape) -> onnx.ValueInfoProto:
 def _signed_spikes(b: _StepBuilder, v: str, theta: str, theta_neg: str, k: int, dtype: int,
                    memory: str | None = None) -> str:
     """The signed number of spikes a neuron with potential ``v`` sends this step: the
-    runtime's spike loop (neurons.snm_scan, neuron_variants._spikes) in closed form.
+    runtime's firing rule (neurons.signed_spikes), operation for operation.
 
-    The loop: send +theta while fewer than k were sent and ``v >= theta`` (v -= theta each
-    time); if none was sent and negative spikes are on, send -theta while fewer than k were
-    sent, ``v < neg`` and (SNM only) spikes are left to take back, ``j < M`` (v += theta).
-    Here ``neg = -c * theta`` with c = 0 ("zero") or 1 ("minus_theta").
+    That rule is the closed form of the spike loop: send +theta while fewer than k were
+    sent and ``v >= theta`` (v -= theta each time); if none was sent and negative spikes
+    are on, send -theta while fewer than k were sent, ``v < neg`` and (SNM only) spikes
+    are left to take back, ``j < M`` (v += theta). Here ``neg = -c * theta`` with c = 0
+    ("zero") or 1 ("minus_theta").
 
     Claim: with ``V`` the potential before the loop, theta > 0 and ``f = floor(V / theta)``,
 
@@ -302,14 +303,11 @@ def _signed_spikes(b: _StepBuilder, v: str, theta: str, theta_neg: str, k: int, 
     ``min(k, M, -c - f)``. The SNM's M is never negative, so ``min(., M)`` is the loop's
     "spikes left" test, giving 0 when M == 0; the tracking neurons have no such test.
 
-    Floating point: whether the first spike of each side fires is decided by comparing ``V``
-    itself, as the loop does, and the count is then clipped to at least 1 (the rounded
-    quotient may sit on the wrong side of an integer), so with k = 1 the graph and the loop
-    agree bit for bit (the membranes too: ``V - s theta`` is the loop's one subtraction).
-    With k > 1 the loop's later comparisons are on ``V - j theta`` after j roundings, the
-    closed form's on the rounded ``V / theta``: they can differ when V lies within a few
-    ulps of a multiple ``j theta`` (|j| >= 2), by one spike this step, which the membrane
-    returns at the next.
+    Floating point: which side fires is decided by comparing ``V`` itself, and the count of
+    a negative burst is clipped to at least 1 (the rounded quotient may sit on the wrong
+    side of an integer; for a positive one ``V >= theta`` already makes the quotient at
+    least 1). The runtime computes the same operations in the same precision, so graph and
+    runtime agree bit for bit at any k.
     """
     zero, one, most = (b.scalar(value, dtype) for value in (0.0, 1.0, float(k)))
     # "if c: a else 0" as cast(c) * a, a finite (the clips keep an overflowed quotient

@@ -5,7 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snncompiler.runtime.neurons import THETA_NEG_CODES, snm_scan, snm_step_reference
+from snncompiler.runtime.neurons import (
+    THETA_NEG_CODES,
+    signed_spikes_reference,
+    snm_scan,
+    snm_step_reference,
+)
 
 
 def scan(currents, theta, v0, theta_neg, max_spikes=1):
@@ -71,7 +76,7 @@ def test_weighted_spikes_carry_the_threshold():
 @given(
     st.integers(1, 12),
     st.sampled_from(["zero", "minus_theta", "off"]),
-    st.integers(1, 3),
+    st.sampled_from([1, 2, 3, 64]),
     st.integers(0, 2**31 - 1),
 )
 def test_kernel_matches_numpy_reference(steps, theta_neg, max_spikes, seed):
@@ -91,7 +96,7 @@ def test_kernel_matches_numpy_reference(steps, theta_neg, max_spikes, seed):
     for t in range(steps):
         spikes, ref_v, ref_m = snm_step_reference(currents[t], ref_v, ref_m, th, theta_neg,
                                                   max_spikes)
-        np.testing.assert_allclose(out[t], spikes, atol=1e-5)
+        np.testing.assert_array_equal(out[t], spikes)
 
 
 def test_static_input_equals_repeated_input():
@@ -106,3 +111,38 @@ def test_static_input_equals_repeated_input():
                  np.zeros((2, 3, 5), np.int32), out)
         results.append(out)
     np.testing.assert_array_equal(*results)
+
+
+def spike_loop(v, theta, band, max_spikes, memory, allow_negative):
+    """The firing rule as the loop it stands for: one spike at a time."""
+    sent = 0
+    while sent < max_spikes and v >= theta:
+        v -= theta
+        sent += 1
+    if sent == 0 and allow_negative:
+        while sent > -max_spikes and v < -band * theta and memory + sent > 0:
+            v += theta
+            sent -= 1
+    return sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-400, 400),
+    st.integers(1, 16),
+    st.sampled_from([0.0, 1.0]),
+    st.sampled_from([1, 2, 3, 7, 64]),
+    st.integers(0, 100),
+    st.booleans(),
+)
+def test_closed_form_is_the_spike_loop_in_exact_arithmetic(eighths, theta_eighths, band,
+                                                          max_spikes, memory,
+                                                          allow_negative):
+    """Potentials and thresholds on a grid of 1/8, so that every subtraction of the loop is
+    exact (and potentials hit multiples of theta, the closed form's boundaries, often)."""
+    v = np.array([eighths / 8], np.float32)
+    theta = np.array([theta_eighths / 8], np.float32)
+    got = signed_spikes_reference(v, theta, np.float32(band), max_spikes,
+                                  np.array([memory], np.float32), allow_negative)
+    assert got[0] == spike_loop(float(v[0]), float(theta[0]), band, max_spikes, memory,
+                                allow_negative)

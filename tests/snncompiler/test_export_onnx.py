@@ -1,12 +1,12 @@
 """``snnc export``: one timestep as a plain ONNX graph, run by onnxruntime for T steps, against
 ``SpikingNetwork.run(x, T)`` (and ``step`` for inputs that change every step).
 
-The step graph does what the runtime does in the same precision. What may differ is the
-order in which onnxruntime's conv, gemm and pool kernels add their terms, and, for bursts
-of more than one spike, the closed form of the spike count at a rounding boundary (see
-snncompiler/export_onnx.py): a neuron may then fire one step earlier or later, which
-:func:`assert_agrees` allows for at the steps before T. Every program here covers some of
-the runtime's ops; together they cover all of them (the first test checks it).
+The step graph does what the runtime does in the same precision, the neurons' firing rule
+included (operation for operation, at any burst size). What may differ is the order in
+which onnxruntime's conv, gemm and pool kernels add their terms: a neuron may then fire one
+step earlier or later, which :func:`assert_agrees` allows for at the steps before T. Every
+program here covers some of the runtime's ops; together they cover all of them (the first
+test checks it).
 """
 
 from __future__ import annotations
@@ -325,6 +325,23 @@ def test_burst_closed_form_equals_the_spike_loop_on_exact_values(theta_neg, max_
     rng = np.random.default_rng(7)
     program = spiking_layer(theta_neg, max_spikes, [0.5, 0.25, 1.0], [0.25, 0.0, 0.5])
     frames = [rng.integers(-12, 13, size=(5, 3, 8)).astype(np.float32) / 8 for _ in range(24)]
+    got, expected = streamed(program, frames)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("theta_neg", ["zero", "minus_theta", "off"])
+def test_bursts_within_an_ulp_of_a_multiple_of_theta_agree_bit_for_bit(theta_neg):
+    """Potentials one ulp either side of ``j * theta`` for j = -40 .. 40, where a loop of
+    subtractions and the rounded quotient can disagree by a spike: the step graph and the
+    runtime compute the same closed form, so they agree on every spike and membrane."""
+    rng = np.random.default_rng(3)
+    theta = rng.uniform(0.1, 1.0, 3).astype(np.float32)
+    program = spiking_layer(theta_neg, 64, theta, np.zeros(3))
+    frames = []
+    for _ in range(12):
+        multiple = rng.integers(-40, 41, size=(4, 3, 8)).astype(np.float32) * theta[:, None]
+        nudge = rng.choice(np.array([-np.inf, 0.0, np.inf], np.float32), size=multiple.shape)
+        frames.append(np.nextafter(multiple, nudge).astype(np.float32))
     got, expected = streamed(program, frames)
     np.testing.assert_array_equal(got, expected)
 
