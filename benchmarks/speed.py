@@ -536,8 +536,31 @@ def deep_section(deep: dict) -> list[str]:
         "",
         *deep_rows(deep),
         "",
+        *deep_thread_rows(deep),
+        "",
         *deep["notes"],
     ]
+
+
+def deep_thread_rows(deep: dict) -> list[str]:
+    """Each thread count's pair of runs (the table above keeps each side's fastest), and the
+    speed-up of each side from the fewest threads to the most."""
+    counts = [str(t) for t in deep["threads"]]
+    lines = ["| model | threads | ORT x32 | ours T=32 | ours / ORT x32 |", "|---|---|---|---|---|"]
+    speedups = []
+    for name, r in deep["models"].items():
+        ort, ours = r["ort"]["by_threads"], r["snn"]["by_threads"]
+        for threads in counts:
+            lines.append(f"| {name} | {threads} | {_fmt(ort[threads], 3, ' s')} | "
+                         f"{_fmt(ours[threads], 3, ' s')} | "
+                         f"{_fmt(_ratio(ours[threads], ort[threads]))} |")
+        if len(counts) > 1:
+            speedups.append(f"{name}: ours {_fmt(_ratio(ours[counts[0]], ours[counts[-1]]))}x, "
+                            f"onnxruntime {_fmt(_ratio(ort[counts[0]], ort[counts[-1]]))}x")
+    if speedups:
+        lines += ["", f"Speed-up from {counts[0]} to {counts[-1]} threads: "
+                  + "; ".join(speedups) + "."]
+    return lines
 
 
 def deep_rows(deep: dict) -> list[str]:
@@ -653,11 +676,20 @@ DEEP_NOTES = [
     "1.4 to 1.9), after the burst neurons were vectorised (10.0x and 7.85x before). That "
     "network was calibrated otherwise (256 views, the second stage) and fired more (0.54 "
     "spikes per neuron and step, 7.65 G synaptic ops per image): not the same work.",
-    "- The same measurement with the defaults of commit 31064ea (bursts of at most 4, 16 "
-    "levels) gave 2.87x (load average 0.5 to 1.7). Since then the neurons may send up to 64 "
-    "spikes a step and this network gets 128 levels (docs/algorithm.md): about the same "
-    "synaptic operations, but a neuron now sends several spikes in most steps, and the burst "
-    "kernels pay one pass over a block of neurons per spike of its busiest neuron.",
+    "- History of this measurement at 1 thread: 2.87x with the defaults of commit 31064ea "
+    "(bursts of at most 4, 16 levels); 10.06x at efcb5ea, where the neurons may send up to 64 "
+    "spikes a step and this network gets 128 levels (docs/algorithm.md), about the same "
+    "synaptic operations but burst kernels that paid one pass over a block of neurons per "
+    "spike of its busiest neuron; since f798386 every neuron computes its burst in closed "
+    "form, one division per neuron and step (runtime/neurons.py, `signed_spikes`): the "
+    "figures above.",
+    "- *What bounds it*: the event-driven layers do about two thirds of the additions of 32 "
+    "dense passes (*ops / MAC*), since at 128 levels most neurons send a burst at most steps "
+    "(*mean firing rate* above 1 spike per neuron and step, a burst being one event); each "
+    "addition costs several times one of onnxruntime's MACs (*ours: G synaptic ops/s* "
+    "against *ORT: G MAC/s*). 1.0x would need about 3x fewer events per image at the same "
+    "cost per event, or additions about 3x cheaper (dense kernels as fast as onnxruntime's "
+    "on the layers whose input is dense).",
 ]
 
 
