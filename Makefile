@@ -70,7 +70,7 @@ $(DEEP)/manifest.json: $(TORCH_STAMP) tools/deep_models/export.py tools/deep_mod
 deep: $(STAMP) $(DEEP)/manifest.json
 	$(BIN)/python -m pip install --quiet matplotlib
 	$(BIN)/python benchmarks/deep_fidelity.py --models efficientnet_lite0 \
-		--timesteps 4,8,16,32 --limit 80 --calib-limit 256 --layer-limit 4 --layer-timesteps 8
+		--timesteps 4,8,16,32 --calib-limit 256 --layer-limit 4 --layer-timesteps 8
 	$(BIN)/python benchmarks/deep_fidelity.py --models efficientnet_lite1 \
 		--timesteps 4,8,16,32 --limit 40 --calib-limit 128 --layer-limit 0
 	$(BIN)/python benchmarks/deep_fidelity.py --models efficientnet_lite0 --variant single_spike \

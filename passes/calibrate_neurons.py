@@ -82,7 +82,10 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
         readout = graph.outputs[0].name
         ctx.resolution_ann = (model, readout)
     for name in names:
-        hist = stats[name]
+        # Each histogram is dropped once its parameters are chosen: nothing later needs
+        # them, and on a 224 px network they are hundreds of MB that the later stages of
+        # the compile would otherwise hold on to.
+        hist = stats.pop(name)
         # A signed neuron rounds values of both signs: v0 = theta / 2 rounds both to the
         # nearest level, which is optimal for constant inputs (see passes/dni.py), so the
         # v0 search of "dni" would only tie with it on |f(x)|.
@@ -105,7 +108,6 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
             for resolution, candidate in by_resolution.items():
                 ctx.resolution_params.setdefault(resolution, {})[name] = candidate
         params = by_resolution[config.resolutions[0]]
-        ctx.activation_stats[name] = hist
         ctx.neuron_params[name] = params
         inactive = int(params.inactive.sum())
         ctx.report.append(

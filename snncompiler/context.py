@@ -65,7 +65,7 @@ class CompileConfig:
     theta_neg: str = "zero"
     max_spikes_per_step: int = 64
     resolution: int | None = None
-    resolution_candidates: tuple[int, ...] = (16, 32, 64, 128)
+    resolution_candidates: tuple[int, ...] = (16, 32, 64, 128, 256)
     output_tolerance: float = 0.05
     granularity: str = "channel"
     initial_potential: str = "dni"
@@ -137,8 +137,6 @@ class CompileContext:
         calibration_batches: Called with no argument, returns an iterator of feeds
             (``{input_name: float32 array}``); None when no calibration data was given.
         calibration_size: Number of calibration samples, for progress bars.
-        activation_stats: Filled by ``calibrate_neurons``: activation tensor name ->
-            per-channel histogram.
         neuron_params: Filled by ``calibrate_neurons``: activation tensor name -> DNI
             parameters (theta and v0 of shape (len(timesteps), C)).
         report: Human-readable lines that passes want the user to see.
@@ -166,7 +164,6 @@ class CompileContext:
     config: CompileConfig
     calibration_batches: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None
     calibration_size: int | None = None
-    activation_stats: dict = field(default_factory=dict)
     neuron_params: dict = field(default_factory=dict)
     report: list[str] = field(default_factory=list)
     readout: dict = field(default_factory=dict)
