@@ -76,6 +76,7 @@ from snncompiler.errors import CalibrationError
 from snncompiler.frontend import ort_session
 from snncompiler.runtime.engine import SpikingNetwork, nearest_calibrated
 from snncompiler.runtime.graph import Program
+from snncompiler.runtime.stats import activity
 
 from .replace_activations import is_clip_neuron
 
@@ -452,11 +453,14 @@ class SpikeSums:
         values: Per node, the outputs per channel counted (images x positions).
         readouts: The network's readout after the run, (n, ...) float64, per batch of
             images in order (empty for a network with several outputs).
+        synaptic_ops: The event-driven layers' additions over the run, summed over the
+            images (``runtime.stats``).
     """
 
     sums: dict[str, np.ndarray]
     values: dict[str, int]
     readouts: list[np.ndarray]
+    synaptic_ops: float = 0.0
 
     @staticmethod
     def merge(parts: list[SpikeSums]) -> SpikeSums:
@@ -464,7 +468,8 @@ class SpikeSums:
         first = parts[0]
         return SpikeSums({name: sum(p.sums[name] for p in parts) for name in first.sums},
                          {name: sum(p.values[name] for p in parts) for name in first.values},
-                         [r for p in parts for r in p.readouts])
+                         [r for p in parts for r in p.readouts],
+                         sum(p.synaptic_ops for p in parts))
 
 
 def spike_sums(program: Program, images: np.ndarray, steps: int, names: list[str], *,
@@ -482,8 +487,10 @@ def spike_sums(program: Program, images: np.ndarray, steps: int, names: list[str
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     last = []
+    synaptic_ops = 0.0
     for first in range(0, len(images), batch):
         out = net.run(images[first:first + batch], steps, parameters_for=steps)
+        synaptic_ops += activity(net).synaptic_ops * len(images[first:first + batch])
         if not isinstance(out, dict):
             last.append(out[-1].astype(np.float64))
         spikes = net.net_spikes()
@@ -493,7 +500,7 @@ def spike_sums(program: Program, images: np.ndarray, steps: int, names: list[str
             counts[name] = counts.get(name, 0) + per_channel.size // channels[name]
         if bar is not None:
             bar.update(steps * len(images[first:first + batch]))
-    return SpikeSums(sums, counts, last)
+    return SpikeSums(sums, counts, last, synaptic_ops)
 
 
 def simulation_batch(net: SpikingNetwork) -> int:

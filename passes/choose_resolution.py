@@ -16,8 +16,12 @@ the program runs for T steps on the held-out half of the second stage's calibrat
 (:func:`~.balance_potentials.second_stage_images`; all of them if there are fewer than
 two). The first candidate whose readout is within ``config.output_tolerance`` of the
 ANN's, ``||SNN - ANN|| / ||ANN||`` over those images, is kept; if none is, the candidate
-with the smallest error. Each T's choice and the errors that led to it go to the report and
-the ``.snn`` header.
+with the smallest error. Past the tolerance, more levels are still taken while they lower
+the error and cost at most ``FREE_OPS`` more synaptic operations: once a network's neurons
+send a burst at most steps (levels >= T), finer thresholds change the size of the bursts,
+not their number, and a burst is one event. Only candidates that leave the neurons room to
+catch up at that T are tried (``CompileConfig.has_room``). Each T's choice and the errors
+and operations that led to it go to the report, the choice to the ``.snn`` header.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ from snncompiler.runtime.graph import Program
 
 from .balance_potentials import readout_error, second_stage_images, spike_sums
 from .replace_activations import ABS_SUFFIX
+
+# "Costs nothing": at most this fraction more synaptic operations than the fewest levels
+# within tolerance. A judgement, not a measurement: it takes finer levels where they leave the
+# number of events alone (levels >= T) and stops where they add events.
+FREE_OPS = 0.05
 
 
 def calibration_key(node) -> str:
@@ -82,29 +91,57 @@ def choose_resolution(program: Program, ctx: CompileContext) -> int:
             node.arrays[name] = np.array(node.arrays[name], dtype=np.float32)
     raised, lines = 0, []
     for row, steps in enumerate(program.timesteps):
-        tried = {}
-        bar = tqdm(total=len(candidates) * steps * len(images), unit="img-step",
+        roomy = [r for r in candidates if ctx.config.has_room(steps, r)] or candidates[:1]
+        bar = tqdm(total=len(roomy) * steps * len(images), unit="img-step",
                    desc=f"resolution, T={steps}", disable=not ctx.config.progress,
                    leave=False)
-        for resolution in candidates:
+        tried: dict[int, tuple[float, float]] = {}
+        for resolution in roomy:
             _write_row(neurons, ctx.resolution_params[resolution], row)
             found = spike_sums(program, images, steps, [], bar=bar)
-            readout = np.concatenate(found.readouts)
-            tried[resolution] = math.sqrt(readout_error(readout, reference))
-            if tried[resolution] <= tolerance:
+            error = math.sqrt(readout_error(np.concatenate(found.readouts), reference))
+            tried[resolution] = (error, found.synaptic_ops / len(images))
+            if not _worth_trying_more(tried, tolerance):
                 break
         bar.close()
-        chosen = next((r for r, e in tried.items() if e <= tolerance),
-                      min(tried, key=tried.get))
+        chosen = _choice(tried, tolerance)
         if chosen != resolution:
             _write_row(neurons, ctx.resolution_params[chosen], row)
         ctx.chosen_resolution[steps] = chosen
         raised += chosen != candidates[0]
-        lines.append(f"T={steps}: {chosen} levels (readout error "
-                     + ", ".join(f"{r}: {e:.3g}" for r, e in tried.items()) + ")")
+        lines.append(f"T={steps}: {chosen} levels (readout error, synaptic ops per image: "
+                     + ", ".join(f"{r}: {e:.3g}, {ops:.3g}" for r, (e, ops) in tried.items())
+                     + (f"; {', '.join(map(str, sorted(set(candidates) - set(roomy))))} "
+                        "leave no room to catch up" if len(roomy) < len(candidates) else "")
+                     + ")")
     ctx.report.append(f"resolution (tolerance {tolerance:g} on {len(images)} held-out "
                       "images): " + "; ".join(lines))
     return raised
+
+
+def _choice(tried: dict[int, tuple[float, float]], tolerance: float) -> int:
+    """The resolution to keep of those ``tried`` (fewest levels first: their readout error
+    and synaptic ops per image). The fewest within ``tolerance``; then each next one as long
+    as it lowers the error and costs at most ``FREE_OPS`` more synaptic operations than that
+    fewest; if none is within tolerance, the one with the smallest error."""
+    levels = list(tried)
+    within = [r for r in levels if tried[r][0] <= tolerance]
+    if not within:
+        return min(levels, key=lambda r: tried[r][0])
+    chosen = within[0]
+    budget = (1 + FREE_OPS) * tried[chosen][1]
+    for resolution in levels[levels.index(chosen) + 1:]:
+        error, ops = tried[resolution]
+        if error >= tried[chosen][0] or ops > budget:
+            break
+        chosen = resolution
+    return chosen
+
+
+def _worth_trying_more(tried: dict[int, tuple[float, float]], tolerance: float) -> bool:
+    """Whether a candidate with more levels than those ``tried`` could still be chosen."""
+    return _choice(tried, tolerance) == list(tried)[-1] or all(
+        error > tolerance for error, _ in tried.values())
 
 
 def _write_row(neurons, params: dict, row: int) -> None:

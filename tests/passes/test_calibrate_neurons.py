@@ -13,7 +13,6 @@ from snncompiler.context import CompileConfig, CompileContext
 from snncompiler.errors import CalibrationError
 from snncompiler.passes.calibrate_neurons import calibrate_neurons
 from snncompiler.passes.calibration_stats import collect_activation_stats
-from snncompiler.passes.calibration_stats import collect_activation_stats
 
 
 def tiny_model(batch="N", height=8, infer_shapes=True) -> onnx.ModelProto:

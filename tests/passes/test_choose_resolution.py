@@ -1,4 +1,5 @@
-"""Choosing the resolution per T: the fewest levels whose readout is within tolerance."""
+"""Choosing the resolution per T: the fewest levels whose readout is within tolerance, more
+while they are free, and only levels that leave the neurons room to catch up."""
 
 import numpy as np
 import onnx
@@ -7,9 +8,10 @@ import pytest
 from snncompiler.context import CompileConfig
 from snncompiler.npz import Dataset
 from snncompiler.passes.balance_potentials import readout_error
-from snncompiler.passes.choose_resolution import calibration_key
+from snncompiler.passes.choose_resolution import FREE_OPS, _choice, calibration_key
 from snncompiler.pipeline import compile_model
 from snncompiler.runtime.engine import SpikingNetwork
+from snncompiler.runtime.stats import activity
 from tests.onnx_models import run
 from tests.passes.test_balance_potentials import deep_model
 
@@ -32,47 +34,91 @@ def compile_with(model_and_data, **options):
     return compile_model(path, Dataset(x, None, "test"), config)
 
 
-def held_out_error(program, model, x, steps: int) -> float:
-    """The readout error on the images the choice checks: the second half of the first 16."""
+def held_out(program, model, x, steps: int) -> tuple[float, float]:
+    """The readout error and synaptic ops per image on the images the choice checks: the
+    second half of the first 16."""
     images = x[8:16]
-    snn = SpikingNetwork(program).run(images, steps, parameters_for=steps)[-1]
+    net = SpikingNetwork(program)
+    snn = net.run(images, steps, parameters_for=steps)[-1]
     reference = run(model, **{model.graph.input[0].name: images})[0]
-    return float(np.sqrt(readout_error(snn.astype(np.float64), reference)))
+    error = float(np.sqrt(readout_error(snn.astype(np.float64), reference)))
+    return error, activity(net).synaptic_ops
 
 
 def chosen(result) -> list[int]:
     return result.program.calibration["resolution"]
 
 
-def test_a_loose_tolerance_keeps_the_fewest_levels(model_and_data):
-    result = compile_with(model_and_data, output_tolerance=10.0)
-    assert chosen(result) == [16, 16]
-    fixed = compile_with(model_and_data, resolution=16)
-    for node, same in zip(result.program.neuron_nodes(), fixed.program.neuron_nodes()):
-        np.testing.assert_array_equal(node.arrays["theta"], same.arrays["theta"])
-        np.testing.assert_array_equal(node.arrays["v0"], same.arrays["v0"])
+def expected_choice(measured: dict[int, tuple[float, float]], tolerance: float) -> int:
+    """The rule of choose_resolution's docstring, on the (error, ops) of every candidate."""
+    levels = sorted(measured)
+    within = [r for r in levels if measured[r][0] <= tolerance]
+    if not within:
+        return min(levels, key=lambda r: measured[r][0])
+    choice = within[0]
+    for r in levels[levels.index(choice) + 1:]:
+        if measured[r][0] >= measured[choice][0] or \
+                measured[r][1] > (1 + FREE_OPS) * measured[within[0]][1]:
+            break
+        choice = r
+    return choice
 
 
-def test_the_choice_is_the_fewest_levels_within_tolerance(model_and_data):
+CANDIDATES = (2, 8, 32, 128)
+
+
+@pytest.fixture(scope="module")
+def measured(model_and_data):
+    """Every candidate's held-out error and synaptic ops at each T, compiled on its own."""
     _, model, x = model_and_data
-    candidates = (2, 8, 32, 128)
-    errors = {}
-    for levels in candidates:
+    found = {}
+    for levels in CANDIDATES:
         program = compile_with(model_and_data, resolution=levels).program
-        errors[levels] = [held_out_error(program, model, x, t) for t in TIMESTEPS]
-    # A tolerance between the errors of 32 and 8 levels at T = 8 (bursts of 4 and of 1).
-    tolerance = (errors[8][1] + errors[32][1]) / 2
-    assert errors[32][1] < tolerance < errors[8][1]
-    result = compile_with(model_and_data, resolution_candidates=candidates,
-                          output_tolerance=tolerance)
-    for row in range(len(TIMESTEPS)):
-        within = [r for r in candidates if errors[r][row] <= tolerance]
-        expected = within[0] if within else min(candidates, key=lambda r: errors[r][row])
+        found[levels] = [held_out(program, model, x, t) for t in TIMESTEPS]
+    return found
+
+
+@pytest.mark.parametrize("tolerance", ["loose", "between", "tight"])
+def test_the_choice_follows_the_rule_on_errors_and_operations_measured_apart(
+        model_and_data, measured, tolerance):
+    # "between": between the errors of 32 and 8 levels at T = 8 (bursts of 4 and of 1).
+    value = {"loose": 10.0, "tight": 1e-9,
+             "between": (measured[8][1][0] + measured[32][1][0]) / 2}[tolerance]
+    if tolerance == "between":
+        assert measured[32][1][0] < value < measured[8][1][0]
+    result = compile_with(model_and_data, resolution_candidates=CANDIDATES,
+                          output_tolerance=value)
+    for row, steps in enumerate(TIMESTEPS):
+        # 128 levels at T = 2 are bursts of 64: no room under the cap of 64.
+        roomy = [r for r in CANDIDATES if not (steps == 2 and r == 128)]
+        expected = expected_choice({r: measured[r][row] for r in roomy}, value)
         assert chosen(result)[row] == expected
         fixed = compile_with(model_and_data, resolution=expected).program
         for node, same in zip(result.program.neuron_nodes(), fixed.neuron_nodes()):
             np.testing.assert_array_equal(node.arrays["theta"][row], same.arrays["theta"][row])
-    assert any("resolution (tolerance" in line for line in result.report)
+            np.testing.assert_array_equal(node.arrays["v0"][row], same.arrays["v0"][row])
+    line = next(line for line in result.report if line.startswith("resolution (tolerance"))
+    assert "128 leave no room to catch up" in line.split("T=8:")[0]
+
+
+def test_the_rule_on_made_up_measurements():
+    # (readout error, synaptic ops per image), fewest levels first
+    free = {16: (0.10, 100.0), 32: (0.04, 110.0), 64: (0.03, 114.0), 128: (0.02, 130.0)}
+    assert _choice(free, 0.05) == 64  # better, and within 5% of 32's ops; 128 is not
+    assert _choice(free, 0.5) == 16  # 32 costs 10% more
+    worse = {16: (0.04, 100.0), 32: (0.045, 100.0), 64: (0.01, 100.0)}
+    assert _choice(worse, 0.05) == 16  # stops at the first that does not help
+    assert _choice({16: (0.3, 1.0), 32: (0.2, 9.0), 64: (0.25, 1.0)}, 0.05) == 32
+
+
+def test_candidates_without_room_are_not_tried(model_and_data):
+    result = compile_with(model_and_data, resolution_candidates=(2, 8, 32),
+                          max_spikes_per_step=4, output_tolerance=1e-9)
+    # Under a cap of 4, thresholds for bursts of 2 at most: 4 levels at T=2, 16 at T=8.
+    assert chosen(result)[0] == 2 and chosen(result)[1] in (2, 8)
+    line = next(line for line in result.report if line.startswith("resolution (tolerance"))
+    early, late = line.split("T=8:")
+    assert "8, 32 leave no room" in early and "32 leave no room" in late
 
 
 def test_the_key_of_every_neuron_kind():
