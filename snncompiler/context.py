@@ -73,7 +73,7 @@ class CompileConfig:
     theta_neg: str = "zero"
     max_spikes_per_step: int = 64
     resolution: int | None = None
-    resolution_candidates: tuple[int, ...] = (16, 32, 64, 128, 256)
+    resolution_candidates: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
     output_tolerance: float = 0.05
     granularity: str = "channel"
     initial_potential: str = "dni"
