@@ -115,12 +115,26 @@ def relative_error(snn: np.ndarray, ann: np.ndarray) -> np.ndarray:
     return np.linalg.norm(snn - ann, axis=1) / scale
 
 
+def flip_error(ann: np.ndarray) -> np.ndarray:
+    """Per row, the smallest relative logit error that can change the ANN's top-1 class:
+    ``(top1 - top2) / (sqrt(2) ||ann||_2)`` (moving the two best logits towards each other by
+    half their gap each is the shortest way to tie them)."""
+    top = np.sort(ann, axis=1)
+    scale = np.maximum(np.linalg.norm(ann, axis=1), 1e-12)
+    return (top[:, -1] - top[:, -2]) / (np.sqrt(2.0) * scale)
+
+
 def summarise(snn: np.ndarray, ann: np.ndarray, photos) -> dict:
-    """The fidelity figures of one T: agreement, top-5 overlap, relative logit error."""
+    """The fidelity figures of one T: agreement, top-5 overlap, relative logit error, and
+    the disagreeing views with how close the ANN itself was to a tie on them."""
     agree = snn.argmax(axis=1) == ann.argmax(axis=1)
     overlap = top5_overlap(snn, ann)
     error = relative_error(snn, ann)
+    ties = flip_error(ann)
     return {
+        "disagreements": [{"view": int(i), "flip_error": float(ties[i]),
+                           "error": float(error[i])} for i in np.flatnonzero(~agree)],
+        "views_flippable_at_mean_error": float((ties < error.mean()).mean()),
         "agreement": float(agree.mean()), "agreement_ci": wilson(int(agree.sum()), len(agree)),
         "agreement_ci_photos": bootstrap_mean(agree, photos),
         "top5_overlap": float(overlap.mean()), "top5_overlap_ci": bootstrap_mean(overlap, photos),
@@ -360,6 +374,26 @@ def verdict_lines(results: dict) -> list[str]:
     return lines
 
 
+def disagreements(record: dict) -> list[str]:
+    """Per T, the views whose SNN class is not the ANN's, and how near a tie the ANN was."""
+    lines = []
+    for t in record["timesteps"]:
+        row = record["per_t"][str(t)]
+        if "disagreements" not in row:
+            continue
+        missed = row["disagreements"]
+        views = ", ".join(f"{m['view']} ({m['flip_error']:.4f}, {m['error']:.3f})"
+                          for m in missed) or "none"
+        lines.append(f"- T={t}: {len(missed)} views disagree: {views}; "
+                     f"{100 * row['views_flippable_at_mean_error']:.1f}% of all views could "
+                     "change class at the mean relative logit error")
+    if lines:
+        lines = ["Disagreements, per T: view (the smallest relative logit error that can "
+                 "change the ANN's class there, the SNN's relative logit error there).", "",
+                 *lines, ""]
+    return lines
+
+
 def model_table(record: dict) -> list[str]:
     lines = ["| T | top-1 agreement % [95%] | top-5 overlap % [95%] | rel. logit error [95%] "
              "| synaptic ops / image | ops / (MAC x T) | firing rate | s / view |",
@@ -427,7 +461,8 @@ def write_report(json_path: Path) -> Path:
                   f"in {compiled['seconds']:.0f} s, peak memory {compiled['peak_rss_mib']:.0f} "
                   f"MiB. The ANN does {_si(record['ann_macs'])} MACs per image "
                   f"({_si(record['static_macs'])} of them computed once, on the input).", "",
-                  *model_table(record), "", conversion_line(record.get("conversion")), "",
+                  *model_table(record), "", *disagreements(record),
+                  conversion_line(record.get("conversion")), "",
                   f"Per layer, relative error E|r - y| / E|y|: {layer_summary(record)}.", "",
                   f"Run {record['date']} on {m['cpu']} ({m['cpus']} CPUs, load average "
                   f"{', '.join(f'{v:.1f}' for v in m['load_average'] or [])}), {m['platform']}, "

@@ -62,6 +62,28 @@ def test_summary_of_one_t():
     assert found["agreement"] == 0.75
     assert found["agreement_ci"] == pytest.approx(bench.wilson(3, 4))
     assert found["relative_logit_error"] == pytest.approx(np.sqrt(2) / 4)
+    assert [m["view"] for m in found["disagreements"]] == [3]
+    assert found["disagreements"][0]["error"] == pytest.approx(np.sqrt(2))
+
+
+def test_flip_error_is_the_smallest_relative_error_that_ties_the_two_best_classes():
+    rng = np.random.default_rng(0)
+    ann = rng.normal(size=(50, 7))
+    bound = bench.flip_error(ann)
+    top = np.argsort(ann, axis=1)
+    for row, limit in zip(range(len(ann)), bound):
+        first, second = top[row, -1], top[row, -2]
+        # Moving the two best logits half their gap towards each other ties them, with a
+        # perturbation of exactly the bound (relative to the logits' norm) ...
+        step = np.zeros(7)
+        gap = ann[row, first] - ann[row, second]
+        step[first], step[second] = -gap / 2, gap / 2
+        assert np.linalg.norm(step) / np.linalg.norm(ann[row]) == pytest.approx(limit)
+        # ... and random perturbations a little smaller never change the class.
+        for _ in range(20):
+            noise = rng.normal(size=7)
+            noise *= 0.99 * limit * np.linalg.norm(ann[row]) / np.linalg.norm(noise)
+            assert (ann[row] + noise).argmax() == first
 
 
 @pytest.mark.parametrize("agree, expected", [
