@@ -85,7 +85,7 @@ LOW_T: dict[str, tuple[str, dict]] = {
                    dict(_BURSTS, max_spikes_per_step=64, second_stage=True)),
     "catchup64_ss": ("DNI, thresholds for 64 levels, up to 64 spikes a step + second stage",
                      dict(_BURSTS, max_spikes_per_step=64, resolution=64, second_stage=True)),
-    "auto_ss": ("DNI, levels chosen per T (16 to 128), up to 64 spikes a step + second "
+    "auto_ss": ("DNI, levels chosen per T (16 to 512), up to 64 spikes a step + second "
                 "stage (default)",
                 dict(_DNI, max_spikes_per_step=64, resolution=None, second_stage=True)),
 }

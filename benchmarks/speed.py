@@ -678,18 +678,21 @@ DEEP_NOTES = [
     "spikes per neuron and step, 7.65 G synaptic ops per image): not the same work.",
     "- History of this measurement at 1 thread: 2.87x with the defaults of commit 31064ea "
     "(bursts of at most 4, 16 levels); 10.06x at efcb5ea, where the neurons may send up to 64 "
-    "spikes a step and this network gets 128 levels (docs/algorithm.md), about the same "
-    "synaptic operations but burst kernels that paid one pass over a block of neurons per "
-    "spike of its busiest neuron; since f798386 every neuron computes its burst in closed "
-    "form, one division per neuron and step (runtime/neurons.py, `signed_spikes`): the "
-    "figures above.",
+    "spikes a step and this network got 128 levels at T=32, about the same synaptic "
+    "operations but burst kernels that paid one pass over a block of neurons per spike of its "
+    "busiest neuron; 3.34x at 73cc62d, where every neuron computes its burst in closed form, "
+    "one division per neuron and step (runtime/neurons.py, `signed_spikes`); since a5ac72a "
+    "the compiler may choose up to 512 levels (docs/algorithm.md, *Choosing L*; "
+    "deep_fidelity.md: 512 at T=32 for this network): larger bursts (the *mean firing rate* "
+    "was 1.2 at 73cc62d), but a burst is one event, so the synaptic operations and the time "
+    "barely moved.",
     "- *What bounds it*: the event-driven layers do about two thirds of the additions of 32 "
-    "dense passes (*ops / MAC*), since at 128 levels most neurons send a burst at most steps "
-    "(*mean firing rate* above 1 spike per neuron and step, a burst being one event); each "
-    "addition costs several times one of onnxruntime's MACs (*ours: G synaptic ops/s* "
-    "against *ORT: G MAC/s*). 1.0x would need about 3x fewer events per image at the same "
-    "cost per event, or additions about 3x cheaper (dense kernels as fast as onnxruntime's "
-    "on the layers whose input is dense).",
+    "dense passes (*ops / MAC*), since at the hundreds of levels this network gets most "
+    "neurons send a burst at most steps (*mean firing rate* above 1 spike per neuron and "
+    "step, a burst being one event); each addition costs several times one of onnxruntime's "
+    "MACs (*ours: G synaptic ops/s* against *ORT: G MAC/s*). 1.0x would need about 3x fewer "
+    "events per image at the same cost per event, or additions about 3x cheaper (dense "
+    "kernels as fast as onnxruntime's on the layers whose input is dense).",
 ]
 
 
