@@ -9,7 +9,11 @@ prints the density from which dense was faster, next to the one that
 The model's constant is measured apart, as the two costs it compares: listing one entry
 (:func:`snncompiler.runtime.kernels.list_events` on a full input) against one 8-lane
 addition (the dense path's time over its additions). ``LISTING_COST`` is the median of
-their ratio over the geometries, on the dev machine.
+their ratio over the geometries, on the dev machine. A 1x1 conv that keeps every pixel
+runs dense as a matrix product (:mod:`snncompiler.runtime.pointwise`), cheaper per
+addition than the event-driven path: ``POINTWISE_COST`` is the median, over those
+geometries, of its 8-lane addition against the event-driven path's on a full input (its
+time less the listing).
 
     python benchmarks/dense_or_events.py [--out docs/results/dense_or_events.md]
 """
@@ -27,12 +31,20 @@ import numba
 import numpy as np
 
 from snncompiler.runtime import kernels as K
-from snncompiler.runtime.fused import LISTING_COST, conv_weight_layout, dense_from
+from snncompiler.runtime.fused import (
+    LISTING_COST,
+    POINTWISE_COST,
+    conv_weight_layout,
+    dense_from,
+)
 
-# (C, H, O, kernel, stride): the convs on spikes of the Fashion-MNIST VGG and ResNet, and
-# two small ones where the additions per entry are few.
+# (C, H, O, kernel, stride): the convs on spikes of the Fashion-MNIST VGG and ResNet, two
+# small ones where the additions per entry are few, and 1x1 convs of EfficientNet-Lite0
+# (expansions and projections).
 GEOMETRIES = [(16, 28, 16, 3, 1), (16, 14, 32, 3, 1), (32, 14, 32, 3, 1), (32, 7, 64, 3, 1),
-              (64, 7, 64, 3, 1), (32, 14, 64, 3, 2), (16, 14, 32, 1, 1), (32, 14, 8, 1, 2)]
+              (64, 7, 64, 3, 1), (32, 14, 64, 3, 2), (16, 14, 32, 1, 1), (32, 14, 8, 1, 2),
+              (24, 56, 144, 1, 1), (112, 14, 672, 1, 1), (672, 14, 112, 1, 1),
+              (1152, 7, 192, 1, 1)]
 DENSITIES = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0]
 
 
@@ -73,12 +85,16 @@ def measure(channels, size, out_channels, kernel, stride, rng) -> dict:
     full = np.ones(entries, np.float32)
     listing = _time(lambda: K.list_events(full, size * size, channels, *scratch[:2]))
     additions = kernel * kernel / stride ** 2 * math.ceil(out_channels / 8) * entries
+    pointwise = kernel == 1 and stride == 1
     return {"geometry": (channels, size, out_channels, kernel, stride), "rows": rows,
             "measured": crossover,
             "predicted": dense_from(channels, size, size, out_channels, (kernel, kernel),
-                                    (stride, stride)) / entries,
+                                    (stride, stride), pointwise=pointwise) / entries,
             "listing_ns": listing * 1e3 / entries,
-            "addition_ns": rows[-1][2] * 1e3 / additions}
+            "addition_ns": rows[-1][2] * 1e3 / additions,
+            # the event-driven path's 8-lane addition on a full input, its listing taken out
+            "event_addition_ns": (rows[-1][1] - listing) * 1e3 / additions,
+            "pointwise": pointwise}
 
 
 def main() -> None:
@@ -94,32 +110,42 @@ def main() -> None:
         "ternary input; best of 60 tries. Times in microseconds.",
         f"Machine: {platform.processor() or platform.machine()}, "
         f"{platform.platform()}; numba {numba.__version__}. "
-        f"`LISTING_COST` in the code: {LISTING_COST}.",
+        f"`LISTING_COST` in the code: {LISTING_COST}; `POINTWISE_COST`: {POINTWISE_COST}.",
         "",
         "| C, H, O, kernel, stride | events at 10% / 50% / 100% | dense | crossover measured "
-        "| predicted | listing, ns/entry | 8-lane addition, ns | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| predicted | listing, ns/entry | 8-lane addition, ns | ratio | event-driven "
+        "8-lane addition, ns |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    ratios = []
+    ratios, pointwise = [], []
     for geometry in GEOMETRIES:
         r = measure(*geometry, rng)
         at = {d: (e, n) for d, e, n in r["rows"]}
         measured = "none" if r["measured"] is None else f"{r['measured']:.2f}"
-        ratios.append(r["listing_ns"] / r["addition_ns"])
+        # LISTING_COST is fitted on the paths that add alike (not the matrix product's).
+        if r["pointwise"]:
+            pointwise.append(r["addition_ns"] / r["event_addition_ns"])
+        else:
+            ratios.append(r["listing_ns"] / r["addition_ns"])
         line = (f"| {', '.join(map(str, r['geometry']))} | {at[0.1][0]:.1f} / {at[0.5][0]:.1f} "
                 f"/ {at[1.0][0]:.1f} | {at[1.0][1]:.1f} | {measured} | "
                 f"{r['predicted']:.2f} | {r['listing_ns']:.3f} | {r['addition_ns']:.3f} | "
-                f"{ratios[-1]:.2f} |")
+                f"{r['listing_ns'] / r['addition_ns']:.2f} | {r['event_addition_ns']:.3f} |")
         lines.append(line)
         print(line, flush=True)
-    lines += ["", f"Median ratio (the `LISTING_COST` this run measures): "
-              f"{float(np.median(ratios)):.2f}.", "",
+    lines += ["", f"Median ratio, 1x1 convs that keep every pixel left out (the "
+              f"`LISTING_COST` this run measures): {float(np.median(ratios)):.2f}. Median "
+              "8-lane addition of those 1x1 convs' dense path against their event-driven "
+              f"path's (the `POINTWISE_COST` this run measures): "
+              f"{float(np.median(pointwise)):.2f}.", "",
               "*crossover measured*: the lowest density tried at which dense was faster; "
               "*predicted*: `dense_from` / entries; *listing*: `list_events` on a full input, "
               "per entry; *8-lane addition*: the dense path's time at 100% over its 8-lane "
-              "additions; *ratio*: the two. Near the crossover the two paths cost about the "
-              "same, so on this shared machine the measured crossover moves by a step or two "
-              "of the density grid from run to run; the ratio is the steadier measure.",
+              "additions; *ratio*: the two; *event-driven 8-lane addition*: the event-driven "
+              "path's time at 100%, less the listing, over the same additions. Near the "
+              "crossover the two paths cost about the same, so on this shared machine the "
+              "measured crossover moves by a step or two of the density grid from run to run; "
+              "the ratios are the steadier measure.",
               f"Load average at the end: {[round(v, 2) for v in os.getloadavg()]}."]
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

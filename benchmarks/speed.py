@@ -685,14 +685,26 @@ DEEP_NOTES = [
     "the compiler may choose up to 512 levels (docs/algorithm.md, *Choosing L*; "
     "deep_fidelity.md: 512 at T=32 for this network): larger bursts (the *mean firing rate* "
     "was 1.2 at 73cc62d), but a burst is one event, so the synaptic operations and the time "
-    "barely moved.",
+    "barely moved (3.40x); then the 1x1 convs whose input is dense (the residual stream into "
+    "every expansion) run as a matrix product, two pixels per weight load "
+    "(runtime/pointwise.py; more synaptic ops are counted, as every entry of a dense step "
+    "is), and the neuron layers count and weight their spikes in one pass instead of two: "
+    "the figures above.",
     "- *What bounds it*: the event-driven layers do about two thirds of the additions of 32 "
     "dense passes (*ops / MAC*), since at the hundreds of levels this network gets most "
     "neurons send a burst at most steps (*mean firing rate* above 1 spike per neuron and "
     "step, a burst being one event); each addition costs several times one of onnxruntime's "
-    "MACs (*ours: G synaptic ops/s* against *ORT: G MAC/s*). 1.0x would need about 3x fewer "
-    "events per image at the same cost per event, or additions about 3x cheaper (dense "
-    "kernels as fast as onnxruntime's on the layers whose input is dense).",
+    "MACs (*ours: G synaptic ops/s* against *ORT: G MAC/s*). 1.0x would need that many "
+    "times fewer events per image at the same cost per event, or additions that much "
+    "cheaper. Where the time goes, op by op at 1 thread (`benchmarks/op_time.py`, "
+    "`op_time_efficientnet_lite0.md`): the 1x1 convs take about 44%, the ReLU6 neurons "
+    "about 38% (a float64 running sum and a count per neuron, read and written every step), "
+    "the depthwise convs about 17%. The network's state (72 MB a view) does not fit in the "
+    "cache, so every step streams it from memory: the large early layers run several times "
+    "slower there than the same kernels on the same layer alone (e.g. the first expansion, "
+    "9 G additions per second against about 30 G in `dense_or_events.md`'s 1x1 rows). "
+    "Running a few layers at a time on tiles of rows, so that what one writes the next reads "
+    "from the cache, is what would lift that bound.",
 ]
 
 

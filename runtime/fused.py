@@ -29,6 +29,7 @@ from snncompiler.runtime.analog import ALONG_AXIS, FUNCTION_CODES
 from snncompiler.runtime.linear import avgpool_divisor
 from snncompiler.runtime.neuron_variants import tracking_parameters
 from snncompiler.runtime.neurons import THETA_NEG_CODES
+from snncompiler.runtime.pointwise import is_pointwise
 from snncompiler.runtime.shape_ops import LINEAR_MAPS, LinearMap, identity_map
 
 LISTING_NEURONS = frozenset({"snm", "snm_clip", "snm_leaky"})
@@ -184,12 +185,19 @@ LISTING_COST = 1.0
 ratio of the two that ``benchmarks/dense_or_events.py`` measures (about 1 on the dev
 machine, docs/results/dense_or_events.md)."""
 
+POINTWISE_COST = 0.6
+"""What one 8-lane addition of the dense 1x1 kernel (:mod:`snncompiler.runtime.pointwise`)
+costs, in additions of the event-driven path: it shares each weight load between two
+pixels and keeps a block of weights in the L1 cache. The median that
+``benchmarks/dense_or_events.py`` measures on EfficientNet-Lite0's 1x1 convs, rounded
+(docs/results/dense_or_events.md)."""
+
 MAX_LISTED = 2**32
 """Event lists hold uint32 indices: a per-sample input of more entries cannot be listed."""
 
 
 def dense_from(channels: int, height: int, width: int, out_channels: int, kernel,
-               strides) -> int:
+               strides, *, pointwise: bool = False) -> int:
     """How many nonzero entries make a conv of this geometry cheaper to run dense.
 
     The event-driven path lists the C*H*W entries, then adds the weights of the nonzero
@@ -197,11 +205,13 @@ def dense_from(channels: int, height: int, width: int, out_channels: int, kernel
     dense path skips the listing and adds every entry's weights, zeros included. Dense wins
     when the zeros it adds cost less than the listing: from a nonzero fraction of
     1 - LISTING_COST / (additions per entry): 94% for a 3x3 conv to 16 channels, 0 (always)
-    for a 1x1 stride-2 conv to 8 channels.
+    for a 1x1 stride-2 conv to 8 channels. ``pointwise``: a 1x1 conv that keeps every pixel
+    (:func:`snncompiler.runtime.pointwise.is_pointwise`), whose dense additions cost
+    ``POINTWISE_COST`` each: from POINTWISE_COST - LISTING_COST / (additions per entry).
     """
     entries = channels * height * width
     additions = kernel[0] * kernel[1] / (strides[0] * strides[1]) * math.ceil(out_channels / 8)
-    fraction = 1.0 - LISTING_COST / additions
+    fraction = (POINTWISE_COST if pointwise else 1.0) - LISTING_COST / additions
     return max(0, math.ceil(fraction * entries))
 
 
@@ -458,7 +468,9 @@ def _emit_conv(build: _Builder, node, in_shapes, ins: list[Slot], out: Slot) -> 
         build.emit(K.CONV, node.name, ins, out,
                    p + _read_list(build, node.inputs[0])
                    + [dense_from(channels, height, width, out_channels, (kh, kw),
-                                 a["strides"])])
+                                 a["strides"], pointwise=is_pointwise(
+                                     height, width, kh, kw, *a["strides"], a["pads"][0],
+                                     a["pads"][1], *a["dilations"], shape[1], shape[2]))])
     elif K.is_depthwise(channels, out_channels, group):
         build.need(starts=height * width + 1, taps=2 * kh * kw)
         build.emit(K.CONV_GROUPED, node.name, ins, out, p)

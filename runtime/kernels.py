@@ -37,9 +37,12 @@ saves. A ``conv`` therefore counts its input's nonzeros first and, from a thresh
 layer by its geometry (:func:`snncompiler.runtime.fused.dense_from`, fitted by
 ``benchmarks/dense_or_events.py``), adds every input's weights instead, reading the list
 0, 1, 2, ...: from 94% nonzero up for a 3x3 conv, from 50% for a 1x1 stride-2 conv to 64
-channels. At the firing rates of converted networks (10 to 25%) 3x3 convs stay
-event-driven; dense inputs come from average pools, adds and analog layers. (``gemm`` is
-always event-driven: its listing is a small part of its work.)
+channels. A 1x1 conv that keeps every pixel runs its dense path as a matrix product, two
+pixels per weight load (:mod:`snncompiler.runtime.pointwise`, from about 55% nonzero).
+At the firing rates of converted networks (10 to 25%) 3x3 convs stay event-driven; dense
+inputs come from average pools, adds (EfficientNet's residual stream into its 1x1
+expansions) and analog layers. (``gemm`` is always event-driven: its listing is a small
+part of its work.)
 
 Depthwise convs (one channel per group: MobileNet, EfficientNet) add few terms per input,
 so listing does not pay: :func:`conv_depthwise` adds, per output pixel, each kernel tap's
@@ -64,6 +67,7 @@ from numba import njit, prange
 from snncompiler.runtime.analog import analog_step
 from snncompiler.runtime.neuron_variants import tracking_step
 from snncompiler.runtime.neurons import signed_spikes
+from snncompiler.runtime.pointwise import is_pointwise, pointwise_dense
 from snncompiler.runtime.simd import (
     LANES,
     add8,
@@ -409,9 +413,23 @@ def conv_events(x, channels, height, width, weight, bias, out_channels, kh, kw, 
     """
     pixels = height * width
     if count_by_pixel(x, pixels, channels, starts) >= dense_from:
-        events = _every_entry(pixels, channels, every, starts)
-    else:
-        _list_indices(x, pixels * channels, events)
+        return conv_dense(x, channels, height, width, weight, bias, out_channels, kh, kw, sh,
+                          sw, ph, pw, dh, dw, out_h, out_w, starts, runs_at, taps, every, out)
+    _list_indices(x, pixels * channels, events)
+    return conv_listed(x, events, starts, channels, height, width, weight, bias, out_channels,
+                       kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, runs_at, taps, out)
+
+
+@njit(cache=True)
+def conv_dense(x, channels, height, width, weight, bias, out_channels, kh, kw, sh, sw, ph, pw,
+               dh, dw, out_h, out_w, starts, runs_at, taps, every, out):
+    """The dense path of :func:`conv_events`: every entry's weights added, zeros included.
+    A 1x1 conv that keeps every pixel is a matrix product (:mod:`pointwise`); any other
+    geometry runs :func:`conv_listed` with ``every`` (0, 1, 2, ...) as its list. Returns
+    the additions done."""
+    if is_pointwise(height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w):
+        return pointwise_dense(x, height * width, channels, weight, bias, out_channels, out)
+    events = _every_entry(height * width, channels, every, starts)
     return conv_listed(x, events, starts, channels, height, width, weight, bias, out_channels,
                        kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, runs_at, taps, out)
 
@@ -792,14 +810,27 @@ def snm_step(z, theta, theta_neg_code, max_spikes, membrane, memory, out, count=
     band = np.float32(0.0) if theta_neg_code == 0 else np.float32(1.0)
     _snm_counts(z, theta, band, np.float32(max_spikes), theta_neg_code != 2, membrane,
                 memory, out)
-    spikes = 0
     if count or max_spikes != 1:
         # In a loop of its own: a reduction would keep the neuron loop from vectorising.
-        for i in range(out.size):
-            spikes += np.int64(abs(out[i]))
+        return _count_and_weigh(out, theta, out.size)
     for i in range(out.size):
         out[i] *= theta[i]
-    return spikes
+    return 0
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _count_and_weigh(out, theta, size):
+    # snm_step's second loop, one pass over ``out``: the spikes sent and each count times
+    # its neuron's theta. The sum is of whole numbers in a float64, exact in any order,
+    # which is what lets LLVM vectorise it ("reassoc"; the products are single operations,
+    # which no flag changes). ``size`` comes from the caller: the loop bound computed here
+    # kept a loop of this kind from vectorising (neuron_variants._count_and_weigh).
+    total = 0.0
+    for i in range(size):
+        count = out[i]
+        total += abs(count)
+        out[i] = count * theta[i]
+    return np.int64(total)
 
 
 @njit(cache=True, error_model="numpy")
@@ -899,9 +930,10 @@ def _execute(op, arena, static_row, params, dparams, index, every, fstate, istat
             # The input's neuron layer listed its spikes as it sent them (another reader
             # may use the list too: it is read, never written here).
             if listed_starts[p[18] + height * width] >= p[19]:
-                events = _every_entry(height * width, channels, every, starts)
-            else:
-                events, starts = listed_events[p[17]:], listed_starts[p[18]:]
+                return conv_dense(x, channels, height, width, weight, bias, out_channels,
+                                  p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[13],
+                                  p[14], starts, runs_at, taps, every, out)
+            events, starts = listed_events[p[17]:], listed_starts[p[18]:]
             return conv_listed(x, events, starts, channels, height, width, weight, bias,
                                out_channels, p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
                                p[13], p[14], runs_at, taps, out)

@@ -125,27 +125,45 @@ def tracking_step(z, theta, v0, slope, upper, elapsed, theta_neg_code, max_spike
     Returns:
         The number of spikes sent (a burst of k counts k).
     """
-    # ``out`` holds the signed counts until they are counted (in loops of their own: a
-    # reduction or a second store would keep the neuron loop from vectorising).
+    # ``out`` holds the signed counts until they are counted and weighted, in a loop of its
+    # own: a reduction or a second store would keep the neuron loop from vectorising.
     bound = upper * elapsed
     band = np.float32(0.0) if theta_neg_code == 0 else np.float32(1.0)
     _track_counts(z, theta, v0, slope, bound, band, np.float64(max_spikes),
                   theta_neg_code != 2, inner, running, memory, out)
-    spikes = 0
-    for i in range(out.size):
-        spikes += np.int64(abs(out[i]))
     channels = theta.size
-    if inner == 1:
-        for g in range(z.size // channels):
+    return _count_and_weigh(out, theta, out.size // (channels * inner), channels, inner)
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _count_and_weigh(out, theta, rows, channels, inner):
+    # tracking_step's second loop: the spikes sent (the sum of the counts' sizes), and each
+    # count times its channel's theta. The sum is of whole numbers in a float64, exact in
+    # any order, which is what lets LLVM vectorise it ("reassoc"; the products are single
+    # operations, which no flag changes). One pass over ``out``: the layer does not fit in
+    # the cache, so a pass for each costs more than the arithmetic. (The loop bounds come
+    # from the caller: computed here, from out.size, the loop was no longer vectorised.)
+    spikes = 0
+    if inner == 1:  # channels-last: the channels are the inner loop, as in _track_counts
+        for row in range(rows):
+            total = 0.0
+            base = row * channels
             for c in range(channels):
-                out[g * channels + c] = out[g * channels + c] * theta[c]
+                count = out[base + c]
+                total += abs(count)
+                out[base + c] = count * theta[c]
+            spikes += np.int64(total)
         return spikes
-    for g in range(z.size // (channels * inner)):
+    for row in range(rows):
+        total = 0.0
         for c in range(channels):
             th = theta[c]
-            base = (g * channels + c) * inner
+            base = (row * channels + c) * inner
             for j in range(inner):
-                out[base + j] = out[base + j] * th
+                count = out[base + j]
+                total += abs(count)
+                out[base + j] = count * th
+        spikes += np.int64(total)
     return spikes
 
 

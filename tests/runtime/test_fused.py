@@ -225,7 +225,7 @@ def test_both_executors_run_a_conv_dense_from_the_same_input_density(monkeypatch
     runs = {}
     for dense in (False, True):
         if dense:
-            monkeypatch.setattr(fused, "dense_from", lambda *geometry: 1)
+            monkeypatch.setattr(fused, "dense_from", lambda *geometry, **kind: 1)
         for executor in ("fused", "nodes"):
             net = SpikingNetwork(program, executor=executor)
             runs[dense, executor] = net.run(x, 9), net.counters()["c2"]

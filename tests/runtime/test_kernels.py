@@ -16,6 +16,7 @@ from snncompiler.runtime import kernels as K
 from snncompiler.runtime import linear
 from snncompiler.runtime.fused import (
     LISTING_COST,
+    POINTWISE_COST,
     conv_weight_layout,
     dense_from,
     from_storage,
@@ -73,6 +74,9 @@ CONV_CASES = [
     (6, 64, (3, 3), (2, 2), (1, 1, 0, 0), (1, 1), 1, (9, 9)),
     (3, 9, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1, (7, 7)),      # dilation: taps one by one
     (4, 6, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, (6, 5)),      # 1x1 projection
+    (5, 56, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, (5, 7)),     # 1x1 keeping every pixel:
+    (3, 13, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, (4, 4)),     # dense, a matrix product
+    (4, 16, (1, 1), (1, 1), (0, 0, 1, 1), (1, 1), 1, (5, 5)),     # 1x1 padded at the end
     (4, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, (5, 5)),      # groups: scatter kernel
     (6, 6, (3, 3), (2, 1), (1, 1, 1, 1), (1, 2), 6, (7, 6)),      # depthwise
     (19, 19, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 19, (9, 8)),   # depthwise, 19 = 2 * 8 + 3
@@ -133,6 +137,10 @@ def test_dense_from_follows_the_cost_of_listing_against_the_additions_it_saves()
     # 1x1 stride 2 to 8 channels: a quarter of an addition per entry, listing costs more.
     assert dense_from(8, 10, 10, 8, (1, 1), (2, 2)) == 0
     assert dense_from(32, 7, 7, 64, (3, 3), (1, 1)) > dense_from(32, 7, 7, 8, (3, 3), (1, 1))
+    # A 1x1 conv that keeps every pixel runs dense as a matrix product, whose additions
+    # cost POINTWISE_COST each: 12 per entry to 96 channels.
+    assert dense_from(16, 14, 14, 96, (1, 1), (1, 1), pointwise=True) == int(
+        np.ceil(3136 * (POINTWISE_COST - LISTING_COST / 12)))
 
 
 def test_event_conv_equals_the_scatter_kernel_up_to_pairing():
