@@ -82,10 +82,12 @@ def time_ops(net, x: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray, fu
     return seconds, counts, plan
 
 
-def report(name: str, seconds, counts, plan, steps: int, top: int) -> list[str]:
+def report(name: str, source: str, seconds, counts, plan, steps: int,
+           top: int) -> list[str]:
     total = seconds.sum()
     lines = [f"# Time per op: {name}", "",
-             f"Written by `benchmarks/op_time.py`: one view, {steps} steps, 1 thread; "
+             f"Written by `benchmarks/op_time.py` ({source}): one view, {steps} steps "
+             f"with the parameters for T={steps}, 1 thread; "
              f"{total:.3f} s in all, {total / steps * 1e3:.2f} ms per step. Machine: "
              f"{platform.processor() or platform.machine()}, {platform.platform()}; numba "
              f"{numba.__version__}.", "",
@@ -132,7 +134,9 @@ def main() -> None:
     net = load(args.snn)
     x = np.ascontiguousarray(_views(args.inputs)[args.view:args.view + 1], dtype=np.float32)
     seconds, counts, plan = time_ops(net, x, args.steps)
-    text = "\n".join(report(args.snn.stem, seconds, counts, plan, args.steps, args.top)) + "\n"
+    source = f"`{args.snn.name}`, view {args.view} of `{args.inputs.name}`"
+    text = "\n".join(report(args.snn.stem, source, seconds, counts, plan, args.steps,
+                            args.top)) + "\n"
     print(text)
     if args.out:
         args.out.write_text(text)
