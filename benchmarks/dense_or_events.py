@@ -37,6 +37,7 @@ from snncompiler.runtime.fused import (
     conv_weight_layout,
     dense_from,
 )
+from snncompiler.runtime.pointwise import is_pointwise
 
 # (C, H, O, kernel, stride): the convs on spikes of the Fashion-MNIST VGG and ResNet, two
 # small ones where the additions per entry are few, and 1x1 convs of EfficientNet-Lite0
@@ -85,7 +86,8 @@ def measure(channels, size, out_channels, kernel, stride, rng) -> dict:
     full = np.ones(entries, np.float32)
     listing = _time(lambda: K.list_events(full, size * size, channels, *scratch[:2]))
     additions = kernel * kernel / stride ** 2 * math.ceil(out_channels / 8) * entries
-    pointwise = kernel == 1 and stride == 1
+    pointwise = is_pointwise(size, size, kernel, kernel, stride, stride, pad, pad, 1, 1,
+                             out_size, out_size)
     return {"geometry": (channels, size, out_channels, kernel, stride), "rows": rows,
             "measured": crossover,
             "predicted": dense_from(channels, size, size, out_channels, (kernel, kernel),

@@ -66,7 +66,7 @@ from numba import njit, prange
 
 from snncompiler.runtime.analog import analog_step
 from snncompiler.runtime.neuron_variants import tracking_step
-from snncompiler.runtime.neurons import signed_spikes
+from snncompiler.runtime.neurons import count_and_weigh, signed_spikes
 from snncompiler.runtime.pointwise import is_pointwise, pointwise_dense
 from snncompiler.runtime.simd import (
     LANES,
@@ -812,25 +812,10 @@ def snm_step(z, theta, theta_neg_code, max_spikes, membrane, memory, out, count=
                 memory, out)
     if count or max_spikes != 1:
         # In a loop of its own: a reduction would keep the neuron loop from vectorising.
-        return _count_and_weigh(out, theta, out.size)
+        return count_and_weigh(out, theta, 1, out.size, 1)  # a theta per neuron
     for i in range(out.size):
         out[i] *= theta[i]
     return 0
-
-
-@njit(cache=True, fastmath={"reassoc"})
-def _count_and_weigh(out, theta, size):
-    # snm_step's second loop, one pass over ``out``: the spikes sent and each count times
-    # its neuron's theta. The sum is of whole numbers in a float64, exact in any order,
-    # which is what lets LLVM vectorise it ("reassoc"; the products are single operations,
-    # which no flag changes). ``size`` comes from the caller: the loop bound computed here
-    # kept a loop of this kind from vectorising (neuron_variants._count_and_weigh).
-    total = 0.0
-    for i in range(size):
-        count = out[i]
-        total += abs(count)
-        out[i] = count * theta[i]
-    return np.int64(total)
 
 
 @njit(cache=True, error_model="numpy")

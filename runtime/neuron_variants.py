@@ -41,6 +41,7 @@ from numba import njit, prange
 from snncompiler.runtime.graph import Value
 from snncompiler.runtime.neurons import (
     THETA_NEG_CODES,
+    count_and_weigh,
     neuron_current,
     signed_spikes,
     signed_spikes_reference,
@@ -132,39 +133,7 @@ def tracking_step(z, theta, v0, slope, upper, elapsed, theta_neg_code, max_spike
     _track_counts(z, theta, v0, slope, bound, band, np.float64(max_spikes),
                   theta_neg_code != 2, inner, running, memory, out)
     channels = theta.size
-    return _count_and_weigh(out, theta, out.size // (channels * inner), channels, inner)
-
-
-@njit(cache=True, fastmath={"reassoc"})
-def _count_and_weigh(out, theta, rows, channels, inner):
-    # tracking_step's second loop: the spikes sent (the sum of the counts' sizes), and each
-    # count times its channel's theta. The sum is of whole numbers in a float64, exact in
-    # any order, which is what lets LLVM vectorise it ("reassoc"; the products are single
-    # operations, which no flag changes). One pass over ``out``: the layer does not fit in
-    # the cache, so a pass for each costs more than the arithmetic. (The loop bounds come
-    # from the caller: computed here, from out.size, the loop was no longer vectorised.)
-    spikes = 0
-    if inner == 1:  # channels-last: the channels are the inner loop, as in _track_counts
-        for row in range(rows):
-            total = 0.0
-            base = row * channels
-            for c in range(channels):
-                count = out[base + c]
-                total += abs(count)
-                out[base + c] = count * theta[c]
-            spikes += np.int64(total)
-        return spikes
-    for row in range(rows):
-        total = 0.0
-        for c in range(channels):
-            th = theta[c]
-            base = (row * channels + c) * inner
-            for j in range(inner):
-                count = out[base + j]
-                total += abs(count)
-                out[base + j] = count * th
-        spikes += np.int64(total)
-    return spikes
+    return count_and_weigh(out, theta, out.size // (channels * inner), channels, inner)
 
 
 @njit(cache=True, error_model="numpy")

@@ -69,6 +69,44 @@ def signed_spikes(v, theta, band, most, left, allow_negative):
         -down if allow_negative and v < -band * theta and left > 0 else np.float32(0.0))
 
 
+
+@njit(cache=True, fastmath={"reassoc"})
+def count_and_weigh(out, theta, rows, channels, inner):
+    """The second loop of a neuron layer's step: ``out`` holds each neuron's signed spike
+    count; returns the spikes sent (the sum of the counts' sizes) and turns each count into
+    its value, the count times its channel's theta. Neuron ``i`` is in channel
+    ``(i // inner) % channels``; an SNM layer, with a theta per neuron, passes one row of
+    ``out.size`` channels.
+
+    One pass over ``out``: a layer does not fit in the cache, so a pass for each costs more
+    than the arithmetic. The sum is of whole numbers in a float64, exact in any order, which
+    is what lets LLVM vectorise it ("reassoc"; the products are single operations, which no
+    flag changes). The loop bounds come from the caller: computed here, from ``out.size``,
+    the loop was no longer vectorised.
+    """
+    spikes = 0
+    if inner == 1:  # channels-last: the channels are the inner loop
+        for row in range(rows):
+            total = 0.0
+            base = row * channels
+            for c in range(channels):
+                count = out[base + c]
+                total += abs(count)
+                out[base + c] = count * theta[c]
+            spikes += np.int64(total)
+        return spikes
+    for row in range(rows):
+        total = 0.0
+        for c in range(channels):
+            th = theta[c]
+            base = (row * channels + c) * inner
+            for j in range(inner):
+                count = out[base + j]
+                total += abs(count)
+                out[base + j] = count * th
+        spikes += np.int64(total)
+    return spikes
+
 def neuron_current(x, steps_if_static: int, shape: tuple) -> tuple[np.ndarray, int]:
     """A neuron layer's input as the scans want it, and the number of steps to run.
 
