@@ -698,11 +698,11 @@ DEEP_NOTES = [
     "times fewer events per image at the same cost per event, or additions that much "
     "cheaper. Where the time goes, op by op at 1 thread (`benchmarks/op_time.py`, "
     "`op_time_efficientnet_lite0.md`): the 1x1 convs take about 44%, the ReLU6 neurons "
-    "about 38% (a float64 running sum and a count per neuron, read and written every step), "
-    "the depthwise convs about 17%. The network's state (72 MB a view) does not fit in the "
+    "about 39% (a float64 running sum and a count per neuron, read and written every step), "
+    "the depthwise convs about 16%. The network's state (72 MB a view) does not fit in the "
     "cache, so every step streams it from memory: the large early layers run several times "
-    "slower there than the same kernels on the same layer alone (e.g. the first expansion, "
-    "9 G additions per second against about 30 G in `dense_or_events.md`'s 1x1 rows). "
+    "slower there than the same kernels on a layer alone (e.g. the first expansion, about "
+    "10 G additions per second, against about 30 G in `dense_or_events.md`'s 1x1 rows). "
     "Running a few layers at a time on tiles of rows, so that what one writes the next reads "
     "from the cache, is what would lift that bound.",
 ]

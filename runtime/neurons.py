@@ -46,7 +46,7 @@ def signed_spikes(v, theta, band, most, left, allow_negative):
     type: the firing rule of the module docstring, as selects only, so that the neuron
     loops around it vectorise. Those loops are compiled with ``error_model="numpy"``:
     numba's default checks every float division for a zero divisor, a branch that keeps
-    the loop scalar (about 7 ns a neuron instead of 0.25); thresholds are positive
+    the loop scalar (about 7 ns a neuron instead of 0.25, timed by hand); thresholds are positive
     (``format`` refuses others), so the check can never fire.
 
     Args:
