@@ -50,6 +50,7 @@ fidelity: $(STAMP) $(TORCH_STAMP)
 	$(BIN)/python benchmarks/fidelity.py \
 		--variants auto_ss,bursts_ss,dni_ss,bursts,catchup_ss,catchup64_ss \
 		--timesteps 1,2,4,8,16 --out $(RESULTS)/fidelity_low_t.json
+	$(BIN)/python benchmarks/leaky_fidelity.py --out $(RESULTS)/leaky_fidelity.json
 	$(BIN)/python benchmarks/fidelity.py --report
 
 speed: $(STAMP) $(TORCH_STAMP)

@@ -131,14 +131,49 @@ def spike_output(
     v0: np.ndarray | float,
     timesteps: int,
     max_spikes_per_step: int = 1,
+    band: float | None = None,
 ) -> np.ndarray:
     """What the neuron sends for a constant input, averaged over T steps: q(a).
 
     ``q(a) = theta / T * clip(floor((T * a + v0) / theta), 0, k * T)`` with k the maximum
     number of spikes per step; see the module docstring for the derivation. Broadcasts.
+
+    With ``band`` (a leaky neuron, whose count goes negative with ``a = f(x) < 0``; its
+    ``theta_neg = -band * theta``): ``theta / T`` times :func:`signed_spike_count`.
     """
+    if band is not None:
+        return theta / timesteps * signed_spike_count(a, theta, v0, timesteps,
+                                                      max_spikes_per_step, band)
     steps = np.floor((timesteps * np.asarray(a, dtype=np.float64) + v0) / theta)
     return theta / timesteps * np.clip(steps, 0, max_spikes_per_step * timesteps)
+
+
+def signed_spike_count(a, theta, v0, timesteps: int, max_spikes_per_step: int,
+                       band: float) -> np.ndarray:
+    """The net spikes a signed (leaky) neuron sends in T steps of a constant input ``a``
+    from ``0 <= v0 < theta``, with ``theta_neg = -band * theta`` (band 0 or 1). Broadcasts.
+
+    Write ``u(t) = (v0 + t * a) / theta``. Upwards (``a >= 0``) it is the ReLU neuron's
+    ``min(floor(u(T)), k * T)``. Downwards the neuron fires while ``V < -band * theta``,
+    each spike lifting ``V`` by theta, so without the cap it ends in
+    ``[-band * theta, -band * theta + theta)``: ``floor(u(T)) + band`` spikes (none while
+    ``u(T) >= -band``). With the cap, the count after t steps is the smaller in size of what
+    the potential asks for and the count one step earlier plus k; for a constant input that
+    is the first step's count plus ``k * (T - 1)`` when ``-a`` is above ``k * theta``, so
+
+        n = max(floor(u(T)) + band, floor(u(1)) + band - k * (T - 1), -k * T), at most 0.
+
+    With band 1 the second term matters: the first step leaves ``V`` a whole theta short of
+    what the cap allows, and the cap never lets the neuron make it up. It is what
+    ``tests/passes/test_dni.py`` finds by running the neuron step by step.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    top = max_spikes_per_step * timesteps
+    total = np.floor((timesteps * a + v0) / theta)
+    first = np.floor((a + v0) / theta)
+    down = np.maximum(np.maximum(total + band, first + band - (top - max_spikes_per_step)),
+                      -top)
+    return np.where(a >= 0, np.clip(total, 0, top), np.minimum(down, 0))
 
 
 def dni_objective(

@@ -207,6 +207,35 @@ def test_closed_form_matches_simulation(theta_8ths, a_64ths, data, steps, k):
     assert spike_output(a, theta, v0, steps, k) == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
+@FAST
+@given(
+    st.integers(1, 64),
+    st.integers(-3000, 3000),
+    st.data(),
+    st.integers(1, 40),
+    st.integers(1, 3),
+    st.sampled_from(["zero", "minus_theta"]),
+    st.sampled_from([0.0, 0.125, 0.5, 1.0]),
+)
+def test_signed_closed_form_matches_the_leaky_neuron(theta_8ths, x_64ths, data, steps, k,
+                                                     theta_neg, slope):
+    """The leaky neuron (runtime.neuron_variants), run step by step on a constant input x,
+    ends with the net count of spike_output(f(x), band=...): the second stage's target."""
+    from snncompiler.runtime.neuron_variants import tracking_step_reference
+
+    theta = theta_8ths / 8
+    x = x_64ths / 64
+    v0 = data.draw(st.integers(0, theta_8ths * 8 - 1)) / 64
+    running, memory = np.zeros(1), np.zeros(1, np.int64)
+    for t in range(1, steps + 1):
+        _, running, memory = tracking_step_reference(
+            np.array([x]), running, memory, t, theta, v0, slope, np.inf, theta_neg, k)
+    fx = x if x >= 0 else slope * x
+    band = 0.0 if theta_neg == "zero" else 1.0
+    expected = spike_output(fx, theta, v0, steps, k, band=band)
+    assert memory[0] * theta / steps == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
 def random_activations(seed: int, channels: int = 3, n: int = 3000) -> np.ndarray:
     """Pre-activations like a conv layer's: a normal bulk with a heavy right tail."""
     rng = np.random.default_rng(seed)
