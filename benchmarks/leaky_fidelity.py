@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import RESULTS, load_data, machine, model_entries, preprocess  # noqa: E402
+try:  # imported as benchmarks.leaky_fidelity (the tests)
+    from benchmarks.fidelity import RESULTS, load_data, machine, model_entries, preprocess
+except ImportError:  # run as a script: its folder is on the path
+    from fidelity import RESULTS, load_data, machine, model_entries, preprocess
 
 VARIANTS = {
     "default": {},

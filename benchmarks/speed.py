@@ -162,7 +162,7 @@ def worker_pair(onnx: str, snn: str, inputs: str, passes: int, timesteps: list[i
     net.run(x, 32)
     report = activity(net)
     snn_result = {
-        "executor": net.executor, "threads": threads,
+        "executor": "fused", "threads": threads,
         "seconds": {t: min(v) for t, v in times.items() if t != "ort"},
         "all_seconds": {t: v for t, v in times.items() if t != "ort"},
         "synaptic_ops_per_image": report.synaptic_ops, "ann_macs_per_image": report.ann_macs,

@@ -20,8 +20,7 @@ def load(path, **options) -> SpikingNetwork:
     Args:
         path: The ``.snn`` file.
         **options: Passed to :class:`SpikingNetwork`: ``memory_budget`` (bytes of
-            activations one time chunk may use) and ``executor`` (``"auto"``, the default,
-            runs the fused executor; ``"nodes"`` the numpy reference, for tests).
+            activations one time chunk may use).
 
     Raises:
         FormatError: The file is not a valid ``.snn`` file; the message names the problem.

@@ -12,9 +12,9 @@ out once as arrays, and one numba call per time chunk
 step by step, with event-driven ``conv``/``gemm`` on spikes. It runs every op of the schema;
 its results do not depend on the time chunk, the batch or the thread count, bit for bit.
 
-``executor="nodes"`` runs the dynamic part with the node executor instead
-(:mod:`snncompiler.runtime.nodes`: one numpy function per op over a whole time chunk), the
-numpy reference that the tests hold the fused executor to. Nothing chooses it by itself.
+The numpy reference that the tests hold the fused executor to,
+:class:`snncompiler.runtime.reference.ReferenceNetwork`, runs the dynamic part node by node
+instead; nothing in the runtime or the compiler uses it.
 
 Readout: each graph output accumulates its value; the readout after t steps is the sum of
 its values over steps 1..t divided by t.
@@ -39,7 +39,6 @@ MAX_READOUT_BYTES = 4 * 2**30
 # A run longer than this warns with the readout's size: legitimate for long simulations, so
 # not refused, but more often a slip (T=10**6 for 10**3) that ties the process up for hours.
 LONG_RUN_STEPS = 100_000
-EXECUTOR_CHOICES = ("auto", "fused", "nodes")
 COUNTING_OPCODES = (kernels.CONV, kernels.CONV_GROUPED, kernels.GEMM, kernels.SNM,
                     kernels.TRACK)
 
@@ -70,9 +69,6 @@ class SpikingNetwork:
         program: The compiled program (see :func:`snncompiler.runtime.load`).
         memory_budget: Bytes of activations one time chunk may use (see
             :meth:`chunk_shape`); sets the default chunk.
-        executor: ``"auto"`` or ``"fused"`` (the same: the fused executor runs every op),
-            or ``"nodes"``: the node executor, the slower numpy reference for tests. They
-            give the same results up to float rounding where they add in another order.
 
     Example:
         >>> net = SpikingNetwork(program)
@@ -80,18 +76,13 @@ class SpikingNetwork:
         >>> readout[7].argmax(-1)                 # prediction at T = 8
     """
 
-    def __init__(self, program: Program, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 executor: str = "auto"):
-        if executor not in EXECUTOR_CHOICES:
-            raise InputError(f"executor must be one of {EXECUTOR_CHOICES}, got {executor!r}")
+    def __init__(self, program: Program, *, memory_budget: int = DEFAULT_MEMORY_BUDGET):
         self.program = program
         self.memory_budget = _positive_int("memory_budget", memory_budget)
         self._plan()
-        self.executor = "nodes" if executor == "nodes" else "fused"
         self._fused_plans: dict[bool, fused.FusedPlan] = {}
         self._scratch: dict[str, np.ndarray] | None = None  # per-block rows of the kernels
         self.parameter_row = nearest_calibrated(program.timesteps, program.default_timesteps)
-        self.chunk_steps = 1
         self.reset()
 
     # ----------------------------------------------------------------- planning
@@ -113,7 +104,6 @@ class SpikingNetwork:
         self._dynamic = dynamic
         self._static_nodes = [n for n in program.nodes if not dynamic[n.output]]
         self._dynamic_nodes = [n for n in program.nodes if dynamic[n.output]]
-        self._largest_sample = max(math.prod(s) for s in shapes.values())
 
     def _fused_plan(self, record: bool) -> fused.FusedPlan:
         if record not in self._fused_plans:
@@ -141,19 +131,13 @@ class SpikingNetwork:
         The fused executor holds, per step and sample of a chunk, a readout row and, for an
         observer, a record row: every dynamic node's output. A chunk covers the whole batch
         for as many steps as fit (``time_chunk``, when given); with an observer, fewer
-        samples when even that does not fit. The node executor keeps a few tensors of the
-        largest size per step and sample, always for the whole batch (and, for an observer,
-        every node's output of the chunk: it is the reference for tests, not bounded).
+        samples when even that does not fit.
         """
-        if self.executor == "fused":
-            plan = self._fused_plan(observer)
-            per_sample_step = 4 * (plan.readout_size + plan.record_size)
-        else:  # a few live tensors of the largest size at once (input, output, scratch)
-            per_sample_step = 4 * 4 * self._largest_sample
-        per_sample_step = max(per_sample_step, 1)
+        plan = self._fused_plan(observer)
+        per_sample_step = max(4 * (plan.readout_size + plan.record_size), 1)
         steps = time_chunk or max(1, self.memory_budget // (per_sample_step * batch))
         samples = batch
-        if observer and self.executor == "fused":
+        if observer:
             samples = min(batch, max(1, self.memory_budget // (per_sample_step * steps)))
         return steps, samples
 
@@ -161,17 +145,14 @@ class SpikingNetwork:
         """Bytes that one sample's neuron and tracker state and static row take while it is
         simulated (held for the whole batch of a run, on top of the chunk budget): what a
         caller divides its memory by to choose a batch size."""
-        if self.executor == "fused":
-            plan = self._fused_plan(False)
-            f, i, d = plan.state_sizes
-            return 4 * f + 4 * i + 8 * d + 4 * plan.static_size
-        return 4 * 4 * self._largest_sample * max(1, len(self.program.neuron_nodes()))
+        plan = self._fused_plan(False)
+        f, i, d = plan.state_sizes
+        return 4 * f + 4 * i + 8 * d + 4 * plan.static_size
 
     # ----------------------------------------------------------------- state
     def reset(self) -> None:
         """Forgets all neuron state: the next step is step 1 again."""
         self._state = {node.name: {} for node in self.program.nodes}
-        self._sums: dict[str, np.ndarray] = {}
         previous = getattr(self, "_fused_state", None)
         self._spare_state = previous if previous is not None else getattr(
             self, "_spare_state", None)
@@ -199,9 +180,6 @@ class SpikingNetwork:
                 for k, name in enumerate(plan.op_nodes):
                     if plan.ops[k, kernels.OPCODE] in COUNTING_OPCODES:
                         counted[name] = counted.get(name, 0) + totals[:, k]
-        for node in self.program.nodes:
-            if "count" in self._state[node.name]:
-                counted[node.name] = np.asarray(self._state[node.name]["count"], np.int64)
         return counted
 
     def net_spikes(self) -> dict[str, np.ndarray]:
@@ -212,19 +190,14 @@ class SpikingNetwork:
         threshold times this count: what the layer sent, without observing every step.
         """
         found = {}
-        neurons = self.program.neuron_nodes()
         if self._fused_state is not None:
             plan = self._fused_plan(False)  # the state layout does not depend on recording
             istate = self._fused_state["istate"]
-            for node in neurons:
+            for node in self.program.neuron_nodes():
                 offset = plan.memories[node.name]
                 size = math.prod(node.shape)
                 found[node.name] = fused.from_storage(
                     istate[:, offset:offset + size], tuple(node.shape)).copy()
-        for node in neurons:
-            memory = self._state[node.name].get("memory")
-            if memory is not None:
-                found[node.name] = memory.reshape(len(memory), *node.shape).copy()
         return found
 
     # ----------------------------------------------------------------- feeding
@@ -272,38 +245,6 @@ class SpikingNetwork:
         values = {name: Value(array, False) for name, array in feeds.items()}
         self._execute(self._static_nodes, values, observer)
         return values
-
-    # ----------------------------------------------------------------- node executor
-    def _chunk(self, static: dict[str, Value], steps: int, observer=None) -> dict[str, Value]:
-        self.chunk_steps = steps
-        values = dict(static)
-        self._execute(self._dynamic_nodes, values, observer)
-        return values
-
-    def _run_nodes(self, feeds, steps: int, time_chunk: int | None, observer) -> dict:
-        chunk, _ = self.chunk_shape(next(iter(feeds.values())).shape[0], time_chunk=time_chunk)
-        static = self._static_values(feeds, observer)
-        outputs = {spec.name: [] for spec in self.program.outputs}
-        while self.t < steps:
-            todo = min(chunk, steps - self.t)
-            values = self._chunk(static, todo, observer)
-            for name in outputs:
-                outputs[name].append(self._readout(values[name], name, todo))
-            self.t += todo
-        return {name: np.concatenate(parts) for name, parts in outputs.items()}
-
-    def _readout(self, value: Value, name: str, steps: int) -> np.ndarray:
-        """Readout after each step of the chunk: running sum over all steps so far / t."""
-        if not value.dynamic:
-            data = np.broadcast_to(value.data[None], (steps, *value.data.shape))
-        else:
-            data = value.data
-        running = np.cumsum(data, axis=0, dtype=np.float64)
-        if name in self._sums:
-            running += self._sums[name]
-        self._sums[name] = running[-1]
-        elapsed = self.t + np.arange(1, steps + 1, dtype=np.float64)
-        return (running / elapsed.reshape(-1, *([1] * (running.ndim - 1)))).astype(np.float32)
 
     # ----------------------------------------------------------------- fused executor
     def _static_rows(self, plan: fused.FusedPlan, static: dict[str, Value],
@@ -366,7 +307,9 @@ class SpikingNetwork:
                               self.parameter_row, self.t, readout, record, *scratch,
                               counts[samples])
 
-    def _run_fused(self, feeds, steps: int, time_chunk: int | None, observer) -> dict:
+    def _run_steps(self, feeds, steps: int, time_chunk: int | None, observer) -> dict:
+        """``steps`` steps of the dynamic part from ``self.t``: each output's readout after
+        every step, ``(steps, N, ...)``."""
         plan = self._fused_plan(observer is not None)
         static = self._static_values(feeds, observer)
         batch = next(iter(feeds.values())).shape[0]
@@ -376,7 +319,6 @@ class SpikingNetwork:
         readout = np.empty((steps, batch, plan.readout_size), dtype=np.float32)
         while self.t < steps:
             todo = min(chunk, steps - self.t)
-            self.chunk_steps = todo
             for first in range(0, batch, samples):
                 block = slice(first, min(batch, first + samples))
                 count = block.stop - first
@@ -465,8 +407,7 @@ class SpikingNetwork:
         self.select_parameters(steps if parameters_for is None else parameters_for)
         self.reset()
         self._batch = batch
-        run = self._run_fused if self.executor == "fused" else self._run_nodes
-        result = run(feeds, steps, time_chunk, observer)
+        result = self._run_steps(feeds, steps, time_chunk, observer)
         return next(iter(result.values())) if len(result) == 1 else result
 
     def step(self, inputs):
@@ -481,21 +422,18 @@ class SpikingNetwork:
             raise InputError(f"batch of {batch} after steps with a batch of {self._batch}; "
                              "call reset() first")
         self._batch = batch
-        static = self._static_values(feeds)
-        if self.executor == "fused":
-            plan = self._fused_plan(False)
-            readout = np.empty((1, batch, plan.readout_size), dtype=np.float32)
-            self.chunk_steps = 1
-            self._fused_steps(plan, self._static_rows(plan, static, batch), readout,
-                              np.empty((1, batch, 0), dtype=np.float32))
-            result = {name: out[0] for name, out in
-                      self._fused_outputs(plan, readout, static).items()}
-        else:
-            values = self._chunk(static, 1)
-            result = {spec.name: self._readout(values[spec.name], spec.name, 1)[0]
-                      for spec in self.program.outputs}
+        result = self._one_step(feeds, batch)
         self.t += 1
         return next(iter(result.values())) if len(result) == 1 else result
+
+    def _one_step(self, feeds, batch: int) -> dict[str, np.ndarray]:
+        """One step of the dynamic part from ``self.t``: each output's readout after it."""
+        static = self._static_values(feeds)
+        plan = self._fused_plan(False)
+        readout = np.empty((1, batch, plan.readout_size), dtype=np.float32)
+        self._fused_steps(plan, self._static_rows(plan, static, batch), readout,
+                          np.empty((1, batch, 0), dtype=np.float32))
+        return {name: out[0] for name, out in self._fused_outputs(plan, readout, static).items()}
 
     def _check_timesteps(self, timesteps) -> int:
         if timesteps is None:

@@ -1,9 +1,9 @@
 """The node executor: one numpy function per op over a whole time chunk.
 
-This is the runtime's numpy reference, reachable as ``SpikingNetwork(program,
-executor="nodes")`` for tests (the fused executor, :mod:`snncompiler.runtime.fused`, runs
-every op and is what users get), and what computes the static segment of every program
-(the nodes whose inputs do not change over time, once per input) under either executor.
+It computes the static segment of every program (the nodes whose inputs do not change
+over time, once per input), and is the numpy reference of the dynamic part that the tests
+hold the fused executor (:mod:`snncompiler.runtime.fused`, what users get) to, through
+:class:`snncompiler.runtime.reference.ReferenceNetwork`.
 
 Each executor is ``(node, inputs, state, engine) -> Value``: time is folded into the batch
 (numpy and BLAS; numba for conv and the stateful ops), ``state`` is a dict private to the

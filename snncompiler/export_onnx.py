@@ -99,7 +99,7 @@ def export_step(program: Program, *, timesteps_for: int | None = None) -> onnx.M
     if timesteps_for is not None and (isinstance(timesteps_for, bool) or not isinstance(
             timesteps_for, int) or timesteps_for < 1):
         raise InputError(f"timesteps_for must be a positive integer, got {timesteps_for!r}")
-    net = SpikingNetwork(program, executor="nodes")  # plans: shapes, static or dynamic
+    net = SpikingNetwork(program)  # plans: shapes, static or dynamic
     row = nearest_calibrated(program.timesteps, timesteps_for or program.default_timesteps)
     builder = _StepBuilder(program, net, row)
     model = builder.model()

@@ -4,6 +4,17 @@ import numba
 import numpy as np
 
 from snncompiler.runtime import Node, Program, SpikingNetwork, TensorSpec
+from snncompiler.runtime.reference import ReferenceNetwork
+
+EXECUTORS = ("fused", "nodes")
+"""The runtime's executor and the numpy reference that the tests hold it to."""
+
+
+def network(program: Program, executor: str = "fused", **options) -> SpikingNetwork:
+    """``program`` ready to run on the fused executor (``"fused"``, what users get) or on
+    the node-by-node numpy reference (``"nodes"``, :mod:`snncompiler.runtime.reference`)."""
+    kind = {"fused": SpikingNetwork, "nodes": ReferenceNetwork}[executor]
+    return kind(program, **options)
 
 
 def conv_snm_pool_gemm(seed: int = 0, theta_neg: str = "zero", timesteps=(32,)) -> Program:

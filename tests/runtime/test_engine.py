@@ -9,7 +9,7 @@ from snncompiler.runtime.graph import NEURON_OPS
 from snncompiler.runtime.nodes import EXECUTORS
 from snncompiler.runtime.opset import OPS
 from tests.runtime import programs
-from tests.runtime.programs import conv_snm_pool_gemm, residual
+from tests.runtime.programs import conv_snm_pool_gemm, network, residual
 
 
 def inputs(shape, seed=1, batch=3):
@@ -145,7 +145,7 @@ def test_net_spikes_times_theta_is_what_each_neuron_layer_sent(build, executor):
     """A neuron sends +-theta per spike, so its summed output is theta times its net count:
     the second stage reads layer means off these counts instead of observing every step."""
     program = build()
-    net = SpikingNetwork(program, executor=executor)
+    net = network(program, executor)
     x = np.random.default_rng(3).normal(size=(5, *program.inputs[0].shape)).astype(np.float32)
     sent = {}
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from snncompiler.runtime import InputError, SpikingNetwork, engine
-from tests.runtime.programs import conv_snm_pool_gemm
+from tests.runtime.programs import conv_snm_pool_gemm, network
 
 # Not positive integers: zero, negative, fractional, a bool (an int to Python), a string.
 NOT_POSITIVE_INTEGERS = [0, -3, 2.5, np.float32(4.0), True, False, "8"]
@@ -43,7 +43,7 @@ def test_memory_budget_must_be_a_positive_integer(bad):
 @pytest.mark.parametrize("executor", ["fused", "nodes"])
 @pytest.mark.parametrize("bad", NOT_POSITIVE_INTEGERS)
 def test_time_chunk_must_be_a_positive_integer(bad, executor):
-    net = SpikingNetwork(conv_snm_pool_gemm(), executor=executor)
+    net = network(conv_snm_pool_gemm(), executor)
     with pytest.raises(InputError, match=r"time_chunk must be a positive integer, got"):
         net.run(images(), 4, time_chunk=bad)
 
@@ -79,7 +79,7 @@ def test_the_long_run_bound_is_far_above_the_calibrated_range():
 
 @pytest.mark.parametrize("executor", ["fused", "nodes"])
 def test_step_refuses_a_new_batch_size_without_reset(executor):
-    net = SpikingNetwork(conv_snm_pool_gemm(), executor=executor)
+    net = network(conv_snm_pool_gemm(), executor)
     net.step(images(2))
     with pytest.raises(InputError, match=r"batch of 3 after steps with a batch of 2; call reset"):
         net.step(images(3))
@@ -89,7 +89,7 @@ def test_step_refuses_a_new_batch_size_without_reset(executor):
 
 @pytest.mark.parametrize("executor", ["fused", "nodes"])
 def test_step_after_run_continues_only_with_the_same_batch(executor):
-    net = SpikingNetwork(conv_snm_pool_gemm(), executor=executor)
+    net = network(conv_snm_pool_gemm(), executor)
     net.run(images(2), 4)
     with pytest.raises(InputError, match="call reset"):
         net.step(images(3))

@@ -6,7 +6,7 @@ import pytest
 
 from snncompiler.runtime import InputError, Node, Program, SpikingNetwork, TensorSpec
 from snncompiler.runtime import kernels as K
-from tests.runtime.programs import conv_snm_pool_gemm, residual
+from tests.runtime.programs import conv_snm_pool_gemm, network, residual
 from tests.without_jit import assert_same_run_without_jit
 
 
@@ -99,12 +99,14 @@ def inputs(shape, seed=1, batch=5):
     return np.random.default_rng(seed).normal(size=(batch, *shape)).astype(np.float32)
 
 
-def test_the_fused_executor_runs_unless_the_node_executor_is_asked_for():
-    assert SpikingNetwork(every_fused_op()).executor == "fused"
-    assert SpikingNetwork(every_fused_op(), executor="fused").executor == "fused"
-    assert SpikingNetwork(every_fused_op(), executor="nodes").executor == "nodes"
-    with pytest.raises(InputError, match="executor"):
-        SpikingNetwork(every_fused_op(), executor="gpu")
+def test_the_runtime_has_one_executor_and_no_option_for_another():
+    """The node-by-node reference is a class of its own for tests, not a user's option."""
+    from snncompiler.runtime.reference import ReferenceNetwork
+
+    with pytest.raises(TypeError, match="executor"):
+        SpikingNetwork(every_fused_op(), executor="nodes")
+    assert isinstance(network(every_fused_op(), "nodes"), ReferenceNetwork)
+    assert type(network(every_fused_op(), "fused")) is SpikingNetwork
 
 
 def test_every_op_of_the_schema_has_a_fused_emitter():
@@ -118,7 +120,7 @@ def test_executors_agree_on_every_fused_op():
     program = every_fused_op()
     x = inputs((2, 9, 9))
     fast = SpikingNetwork(program).run(x, 20, time_chunk=7)
-    slow = SpikingNetwork(program, executor="nodes").run(x, 20)
+    slow = network(program, "nodes").run(x, 20)
     assert set(fast) == {"y", "map", "g"}
     for name in fast:
         assert fast[name].shape == slow[name].shape == (20, 5, *program.outputs[
@@ -131,7 +133,7 @@ def test_the_observer_sees_the_same_values_from_both_executors():
     x = inputs((2, 9, 9))
     seen = {"fused": {}, "nodes": {}}
     for executor, store in seen.items():
-        SpikingNetwork(program, executor=executor).run(
+        network(program, executor).run(
             x, 9, time_chunk=4,
             observer=lambda node, value, t0, store=store: store.setdefault(
                 node.name, []).append((t0, value.dynamic, np.array(value.data))))
@@ -187,7 +189,7 @@ def test_spikes_listed_as_sent_give_the_same_bits_as_listing_in_each_reader(monk
     np.testing.assert_array_equal(plain.run(x, 13), listed)
     for name, values in plain.counters().items():
         np.testing.assert_array_equal(values, counted[name], err_msg=name)
-    slow = SpikingNetwork(program, executor="nodes").run(x, 13)
+    slow = network(program, "nodes").run(x, 13)
     np.testing.assert_allclose(listed, slow, rtol=1e-4, atol=1e-5)
 
 
@@ -203,7 +205,7 @@ def test_counters_agree_between_executors():
     x = inputs((2, 9, 9))
     counted = {}
     for executor in ("fused", "nodes"):
-        net = SpikingNetwork(program, executor=executor)
+        net = network(program, executor)
         net.run(x, 12)
         counted[executor] = net.counters()
     assert set(counted["fused"]) == {"n1", "c2", "fc"}
@@ -227,7 +229,7 @@ def test_both_executors_run_a_conv_dense_from_the_same_input_density(monkeypatch
         if dense:
             monkeypatch.setattr(fused, "dense_from", lambda *geometry, **kind: 1)
         for executor in ("fused", "nodes"):
-            net = SpikingNetwork(program, executor=executor)
+            net = network(program, executor)
             runs[dense, executor] = net.run(x, 9), net.counters()["c2"]
     assert (runs[False, "fused"][1] < every_entry).all()
     for executor in ("fused", "nodes"):

@@ -37,7 +37,7 @@ from snncompiler.runtime.shape_ops import (
     resize,
     transpose,
 )
-from tests.runtime.programs import analog, assert_independent_of_chunking, every_op
+from tests.runtime.programs import analog, assert_independent_of_chunking, every_op, network
 from tests.runtime.test_analog_and_shape_ops import spiking_program
 from tests.without_jit import assert_same_run_without_jit
 
@@ -58,7 +58,7 @@ def every_step(program, x, steps, executor, chunk=None):
         if value.dynamic:
             seen.setdefault(node.name, []).append(np.array(value.data))
 
-    net = SpikingNetwork(program, executor=executor)
+    net = network(program, executor)
     readout = net.run(x, steps, time_chunk=chunk, observer=observe)
     return readout, {name: np.concatenate(parts) for name, parts in seen.items()}
 
@@ -85,7 +85,6 @@ def test_a_program_with_every_op_runs_fused_row_by_row():
     program = every_op()
     assert {node.op for node in program.nodes} == set(OPS)
     net = SpikingNetwork(program)
-    assert net.executor == "fused"
     plan = net._fused_plan(False)
     codes = {}
     for name, row in zip(plan.op_nodes, plan.ops):
@@ -107,7 +106,7 @@ def test_every_op_agrees_with_the_node_executor():
     x = images((3, 6, 6), batch=5)
     counted, readouts = {}, {}
     for executor in ("fused", "nodes"):
-        net = SpikingNetwork(program, executor=executor)
+        net = network(program, executor)
         readouts[executor] = net.run(x, 20, time_chunk=7 if executor == "fused" else None)
         counted[executor] = net.counters()
     fast, slow = readouts["fused"], readouts["nodes"]
@@ -181,7 +180,7 @@ SUMS = {  # ops that add: float32 rounding against numpy
 def test_ops_that_move_values_give_the_node_executors_bits(case):
     tail = MOVES[case]
     program = spiking_program(tail, "y", tail[-1].shape)
-    assert SpikingNetwork(program).executor == "fused"
+    SpikingNetwork(program)._fused_plan(False)  # plans every op
     assert_executors_agree(program, images((3, 4, 4)), 10)
 
 

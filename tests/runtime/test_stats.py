@@ -14,7 +14,7 @@ from snncompiler.runtime.stats import (
     dense_macs,
     spike_sources,
 )
-from tests.runtime.programs import conv_snm_pool_gemm, residual, two_layers_into_one_conv
+from tests.runtime.programs import conv_snm_pool_gemm, network, residual, two_layers_into_one_conv
 from tests.runtime.test_fused import every_fused_op, inputs
 
 
@@ -28,7 +28,7 @@ def test_dense_macs_of_conv_and_gemm():
 @pytest.mark.parametrize("executor", ["fused", "nodes"])
 def test_activity_of_a_run(executor):
     program = conv_snm_pool_gemm()
-    net = SpikingNetwork(program, executor=executor)
+    net = network(program, executor)
     x = inputs((1, 8, 8), batch=4)
     steps = 10
     seen = []
@@ -142,7 +142,7 @@ def test_bursts_count_every_spike():
     relu = program.node("relu")
     program.nodes[program.nodes.index(relu)] = replace(
         relu, attrs={**relu.attrs, "max_spikes_per_step": 3})
-    net = SpikingNetwork(program, executor="nodes")
+    net = network(program, "nodes")
     seen = []
     net.run(inputs((1, 8, 8), batch=2) * 4, 6,
             observer=lambda node, value, t0: seen.append((node.name, value.data)))

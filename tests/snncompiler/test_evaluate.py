@@ -20,7 +20,7 @@ from snncompiler.evaluate import (
 from snncompiler.npz import Dataset
 from snncompiler.runtime.engine import SpikingNetwork
 from snncompiler.runtime.stats import activity
-from tests.runtime.programs import conv_snm_pool_gemm, residual, two_layers_into_one_conv
+from tests.runtime.programs import conv_snm_pool_gemm, network, residual, two_layers_into_one_conv
 from tests.runtime.test_fused import every_fused_op, inputs
 
 
@@ -70,7 +70,7 @@ def test_synaptic_ops_are_the_additions_counted_by_hand_from_the_spikes(executor
     # only, so T = 3 and 10 share one run of 10 steps (counted at T = 10 only).
     program = residual()
     data = dataset((3, 6, 6), n=5)
-    result = evaluate(SpikingNetwork(program, executor=executor), data, [3, 10],
+    result = evaluate(network(program, executor), data, [3, 10],
                       batch_size=2, progress=False)
     assert result.synaptic_ops[0] is None and result.mean_firing_rate[0] is None
 
