@@ -531,12 +531,30 @@ def conv_depthwise(x, channels, height, width, weight, bias, kh, kw, sh, sw, ph,
                         additions += nonzero
                         taps += 1
             base = (oh * out_w + ow) * channels
-            for c in range(0, vector_channels, LANES):
+            # Four vectors of channels at once: their sums are independent, so the additions
+            # of one do not wait for those of another (each channel still adds its taps in
+            # order, one sum: the same bits).
+            c = 0
+            while c + 4 * LANES <= vector_channels:
+                a0, a1, a2, a3 = zeros8(), zeros8(), zeros8(), zeros8()
+                for k in range(taps):
+                    i, w = cells[2 * k] + c, cells[2 * k + 1] + c
+                    a0 = add_vectors8(a0, mul8(load8(x, i), weight, w))
+                    a1 = add_vectors8(a1, mul8(load8(x, i + 8), weight, w + 8))
+                    a2 = add_vectors8(a2, mul8(load8(x, i + 16), weight, w + 16))
+                    a3 = add_vectors8(a3, mul8(load8(x, i + 24), weight, w + 24))
+                store8(out, base + c, add8(a0, bias, c))
+                store8(out, base + c + 8, add8(a1, bias, c + 8))
+                store8(out, base + c + 16, add8(a2, bias, c + 16))
+                store8(out, base + c + 24, add8(a3, bias, c + 24))
+                c += 4 * LANES
+            while c < vector_channels:
                 acc = zeros8()
                 for k in range(taps):
                     acc = add_vectors8(acc, mul8(load8(x, cells[2 * k] + c), weight,
                                                  cells[2 * k + 1] + c))
                 store8(out, base + c, add8(acc, bias, c))
+                c += LANES
             for c in range(vector_channels, channels):
                 total = np.float32(0.0)
                 for k in range(taps):
