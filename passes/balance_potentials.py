@@ -51,8 +51,9 @@ with the ANN there beyond chance (for a readout of several entries; :func:`loses
 The squared error alone does not guard the top-1: on a leaky Fashion-MNIST VGG at T = 4
 with single spikes it fell while the agreement fell by about 12 points, the shifts having
 raised one class's logit on most images (docs/results/leaky_fidelity.md). A flip of one or
-two near-tied images is chance, not a cost: reverting on it threw away corrections that
-lowered the error by 15% on the ReLU VGG. Each T's outcome goes to the report.
+two near-tied images is chance, not a cost: a rule that reverted on any fall threw away, on
+the ReLU Fashion-MNIST VGG, corrections that lowered the error, for one held-out image in
+128. Each T's outcome goes to the report.
 
 Range. ``v0`` is clipped to ``[V0_MIN, V0_MAX] * theta``. Outside ``[0, theta)`` the
 neuron still computes ``floor((v0 + sum z) / theta)``: with signed spikes an early spike
