@@ -275,8 +275,18 @@ def list_events(x, pixels, channels, events, starts):
     Writes ``events[k]``, the storage index of the k-th nonzero entry, and ``starts[p]``,
     the first event of pixel ``p`` (``starts[pixels]`` is the count). Returns the count.
     """
-    _list_indices(x, pixels * channels, events)
-    return count_by_pixel(x, pixels, channels, starts)
+    if channels % LANES:
+        _list_indices(x, pixels * channels, events)
+        return count_by_pixel(x, pixels, channels, starts)
+    # A pixel is a whole number of 8-entry groups: one pass lists and marks the pixels
+    # (a layer does not fit in the cache, so a second pass over it costs a read of it).
+    count = 0
+    for pixel in range(pixels):
+        starts[pixel] = count
+        for i in range(pixel * channels, (pixel + 1) * channels, LANES):
+            count = list_nonzero8(x, i, events, count)
+    starts[pixels] = count
+    return count
 
 
 @njit(cache=True, inline="always")
