@@ -72,14 +72,14 @@ deep: $(STAMP) $(DEEP)/manifest.json
 	$(BIN)/python -m pip install --quiet matplotlib
 	$(BIN)/python benchmarks/deep_fidelity.py --models efficientnet_lite0 \
 		--timesteps 4,8,16,32 --calib-limit 256 --layer-limit 4 --layer-timesteps 8
-	$(BIN)/python benchmarks/deep_fidelity.py --models efficientnet_lite1 \
-		--timesteps 4,8,16,32 --calib-limit 128 --layer-limit 0
 	$(BIN)/python benchmarks/deep_fidelity.py --models efficientnet_lite0 --variant single_spike \
 		--compile-args="--max-spikes 1 --resolution 1" --timesteps 4,8,16,32 \
 		--calib-limit 256 --layer-limit 0
 	$(BIN)/python benchmarks/deep_fidelity.py --models efficientnet_lite0 --variant previous_default \
 		--compile-args="--max-spikes 4 --resolution 16" --timesteps 4,8,16,32 \
-		--calib-limit 256 --layer-limit 0 --report
+		--calib-limit 256 --layer-limit 4 --layer-timesteps 8
+	$(BIN)/python benchmarks/deep_fidelity.py --models efficientnet_lite1,efficientnet_lite2 \
+		--timesteps 4,8,16,32 --calib-limit 128 --layer-limit 0 --report
 
 demo: $(STAMP)
 	$(BIN)/snnc demo

@@ -213,7 +213,19 @@ def compile_snn(onnx: Path, calib: Path, calib_limit: int, timesteps, out: Path,
         sys.exit(f"error: compiling {onnx.name} failed ({shlex.join(command)}):\n{output}")
     print(output.strip(), flush=True)
     return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024,  # KiB on Linux
-            "command": shlex.join(["snnc", *command[4:]])}
+            "command": shlex.join(["snnc", *map(_in_repo, command[4:])])}
+
+
+def _in_repo(argument: str) -> str:
+    """A path inside the checkout as relative to it (the report reads the same from any
+    clone); any other argument as it is."""
+    path = Path(argument)
+    if not path.is_absolute():
+        return argument
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return argument
 
 
 # ----------------------------------------------------------------------------- run
@@ -508,6 +520,8 @@ def plot_layers(results: dict, path: Path) -> bool:
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for key, record in results.items():
         rows = [r for r in record["layers"]["rows"] if r.get("relative_error")]
+        if not rows:  # run with --layer-limit 0: no line, and no empty entry in the legend
+            continue
         for j, t in enumerate(record["layers"]["timesteps"]):
             axis.plot(range(1, len(rows) + 1), [r["relative_error"][j] for r in rows],
                       marker=".", label=f"{key}, T={t}")

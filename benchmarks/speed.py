@@ -688,8 +688,10 @@ DEEP_NOTES = [
     "barely moved (3.40x); then the 1x1 convs whose input is dense (the residual stream into "
     "every expansion) run as a matrix product, two pixels per weight load "
     "(runtime/pointwise.py; more synaptic ops are counted, as every entry of a dense step "
-    "is), and the neuron layers count and weight their spikes in one pass instead of two: "
-    "the figures above.",
+    "is), and the neuron layers count and weight their spikes in one pass instead of two "
+    "(2.60x, 2.58x at 2 threads); then the depthwise convs keep four vectors of channels in "
+    "flight and the event lists are written in one pass where a pixel is whole 8-entry "
+    "groups (b2f9d09, af534fe; the same bits): the figures above.",
     "- *What bounds it*: the event-driven layers do about two thirds of the additions of 32 "
     "dense passes (*ops / MAC*), since at the hundreds of levels this network gets most "
     "neurons send a burst at most steps (*mean firing rate* above 1 spike per neuron and "
@@ -697,12 +699,13 @@ DEEP_NOTES = [
     "MACs (*ours: G synaptic ops/s* against *ORT: G MAC/s*). 1.0x would need that many "
     "times fewer events per image at the same cost per event, or additions that much "
     "cheaper. Where the time goes, op by op at 1 thread (`benchmarks/op_time.py`, "
-    "`op_time_efficientnet_lite0.md`): the 1x1 convs take about 44%, the ReLU6 neurons "
-    "about 39% (a float64 running sum and a count per neuron, read and written every step), "
-    "the depthwise convs about 16%. The network's state (72 MB a view) does not fit in the "
-    "cache, so every step streams it from memory: the large early layers run several times "
-    "slower there than the same kernels on a layer alone (e.g. the first expansion, about "
-    "10 G additions per second, against about 30 G in `dense_or_events.md`'s 1x1 rows). "
+    "`op_time_efficientnet_lite0.md`): the 1x1 convs take about 45%, the ReLU6 neurons "
+    "about 38% (a float64 running sum and a count per neuron, read and written every step), "
+    "the depthwise convs about 15%. The network's state (72 MB a view) does not fit in the "
+    "cache, so every step streams it from memory, and the large early layers run slower "
+    "per neuron and per addition than the later ones (e.g. the stem's neurons, "
+    "4.8 ns per neuron against 1.2 to 1.6 ns in the next layers, and the first expansion, "
+    "about 17 G additions per second against about 22 G in the late ones). "
     "Running a few layers at a time on tiles of rows, so that what one writes the next reads "
     "from the cache, is what would lift that bound.",
 ]

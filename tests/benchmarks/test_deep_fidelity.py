@@ -144,3 +144,11 @@ def test_compile_args_must_be_named_and_leave_the_harness_flags_alone():
         bench.parse_args(["--variant", "x", "--compile-args=-T 4"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--variant", "x", "--compile-args=--calib-samples=3"])
+
+
+def test_recorded_command_names_files_of_the_checkout_relative_to_it(tmp_path):
+    inside = bench.REPO / "out" / "deep" / "m.onnx"
+    assert bench._in_repo(str(inside)) == "out/deep/m.onnx"
+    assert bench._in_repo(str(tmp_path / "m.onnx")) == str(tmp_path / "m.onnx")
+    assert bench._in_repo("--max-spikes") == "--max-spikes"
+    assert bench._in_repo("4,8") == "4,8"
