@@ -699,15 +699,13 @@ DEEP_NOTES = [
     "MACs (*ours: G synaptic ops/s* against *ORT: G MAC/s*). 1.0x would need that many "
     "times fewer events per image at the same cost per event, or additions that much "
     "cheaper. Where the time goes, op by op at 1 thread (`benchmarks/op_time.py`, "
-    "`op_time_efficientnet_lite0.md`): the 1x1 convs take about 45%, the ReLU6 neurons "
-    "about 38% (a float64 running sum and a count per neuron, read and written every step), "
-    "the depthwise convs about 15%. The network's state (72 MB a view) does not fit in the "
-    "cache, so every step streams it from memory, and the large early layers run slower "
-    "per neuron and per addition than the later ones (e.g. the stem's neurons, "
-    "4.8 ns per neuron against 1.2 to 1.6 ns in the next layers, and the first expansion, "
-    "about 17 G additions per second against about 22 G in the late ones). "
-    "Running a few layers at a time on tiles of rows, so that what one writes the next reads "
-    "from the cache, is what would lift that bound.",
+    "`op_time_efficientnet_lite0.md`): the 1x1 convs take about half (21 to 27 G additions "
+    "per second on the dense residual stream, about 15 G on spikes), the ReLU6 neurons about "
+    "a third (1.2 ns per neuron and step: a float64 running sum and a count per neuron, read "
+    "and written every step), the depthwise convs about 16% (about 4.5 G additions per "
+    "second). The network's state (72 MB a view) does not fit in the cache, so every step "
+    "streams it from memory; running a few layers at a time on tiles of rows, so that what "
+    "one writes the next reads from the cache, is the step that would lift that bound.",
 ]
 
 
