@@ -9,9 +9,16 @@ Example:
     >>> readout = net.run(images, timesteps=32)   # (32, N, classes)
 """
 
-from snncompiler.runtime.engine import SpikingNetwork
-from snncompiler.runtime.errors import FormatError, InputError, SnnError
-from snncompiler.runtime.graph import Node, Program, TensorSpec, Value
+from pathlib import Path
+
+from snncompiler.runtime import kernel_cache
+
+# Before any kernel is loaded: numba would not see an edit to a module that a kernel inlines.
+kernel_cache.drop_stale(Path(__file__).parent)
+
+from snncompiler.runtime.engine import SpikingNetwork  # noqa: E402
+from snncompiler.runtime.errors import FormatError, InputError, SnnError  # noqa: E402
+from snncompiler.runtime.graph import Node, Program, TensorSpec, Value  # noqa: E402
 
 
 def load(path, **options) -> SpikingNetwork:
