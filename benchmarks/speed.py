@@ -691,7 +691,9 @@ DEEP_NOTES = [
     "is), and the neuron layers count and weight their spikes in one pass instead of two "
     "(2.60x, 2.58x at 2 threads); then the depthwise convs keep four vectors of channels in "
     "flight and the event lists are written in one pass where a pixel is whole 8-entry "
-    "groups (b2f9d09, af534fe; the same bits): the figures above.",
+    "groups (b2f9d09, af534fe; the same bits; 2.54x, 2.45x at 2 threads); then the dense "
+    "1x1 convs take three pixels per weight load instead of two (585b15c; the same bits): "
+    "the figures above.",
     "- *What bounds it*: the event-driven layers do about two thirds of the additions of 32 "
     "dense passes (*ops / MAC*), since at the hundreds of levels this network gets most "
     "neurons send a burst at most steps (*mean firing rate* above 1 spike per neuron and "
@@ -699,11 +701,12 @@ DEEP_NOTES = [
     "MACs (*ours: G synaptic ops/s* against *ORT: G MAC/s*). 1.0x would need that many "
     "times fewer events per image at the same cost per event, or additions that much "
     "cheaper. Where the time goes, op by op at 1 thread (`benchmarks/op_time.py`, "
-    "`op_time_efficientnet_lite0.md`): the 1x1 convs take about half (21 to 27 G additions "
-    "per second on the dense residual stream, about 15 G on spikes), the ReLU6 neurons about "
-    "a third (1.2 ns per neuron and step: a float64 running sum and a count per neuron, read "
-    "and written every step), the depthwise convs about 16% (about 4.5 G additions per "
-    "second). The network's state (72 MB a view) does not fit in the cache, so every step "
+    "`op_time_efficientnet_lite0.md`): the 1x1 convs take about half (about 29 G additions "
+    "per second on the dense residual stream, 20 to 34 G by layer; about 16 G on spikes), "
+    "the ReLU6 neurons about a third (1.2 ns per neuron and step: a float64 running sum and "
+    "a count per neuron, read and written every step), the depthwise convs about 16% (about "
+    "4.5 G additions per second). The network's state (72 MB a view) does not fit in the "
+    "cache, so every step "
     "streams it from memory; running a few layers at a time on tiles of rows, so that what "
     "one writes the next reads from the cache, is the step that would lift that bound.",
 ]
