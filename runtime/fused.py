@@ -183,14 +183,16 @@ def grouped_weight_layout(weight: np.ndarray, group: int) -> np.ndarray:
 LISTING_COST = 1.0
 """What listing one input entry costs, in 8-lane additions of the conv kernel: the median
 ratio of the two that ``benchmarks/dense_or_events.py`` measures (about 1 on the dev
-machine, docs/results/dense_or_events.md)."""
+machine when chosen; 0.87 and 0.73 in its last two runs, docs/results/dense_or_events.md;
+kept for the reason given under POINTWISE_COST)."""
 
 POINTWISE_COST = 0.6
 """What one 8-lane addition of the dense 1x1 kernel (:mod:`snncompiler.runtime.pointwise`)
-costs, in additions of the event-driven path: it shares each weight load between two
-pixels and keeps a block of weights in the L1 cache. The median that
+costs, in additions of the event-driven path: it shares each weight load between pixels
+and keeps a block of weights in the L1 cache. The median that
 ``benchmarks/dense_or_events.py`` measures on EfficientNet-Lite0's 1x1 convs, rounded
-(docs/results/dense_or_events.md)."""
+(docs/results/dense_or_events.md: 0.59 and 0.66 with two pixels a load, 0.59 with three;
+kept, as a change moves which convs run dense and so the float rounding of results)."""
 
 MAX_LISTED = 2**32
 """Event lists hold uint32 indices: a per-sample input of more entries cannot be listed."""
