@@ -9,10 +9,10 @@ weights, C x O floats, stream from the L2 cache once per pixel. Here each block 
 output channels runs over all pixels before the next block (its weights, C x 32 floats,
 stay in the L1 cache), and three pixels share every weight load: twelve 8-lane
 accumulators in registers, four weight loads and three input loads per input channel (the
-16- and 8-output blocks of a remainder take two pixels). On a full input it does about 1.6
+16- and 8-output blocks of a remainder take two pixels). On a full input it does about 1.7
 times the additions per second of the event-driven path (``benchmarks/dense_or_events.py``,
-``fused.POINTWISE_COST``, measured with two pixels a block); three pixels instead of two did
-6% to 21% more additions per second on EfficientNet-Lite0's 1x1 geometries, alone, by hand.
+``fused.POINTWISE_COST``); three pixels instead of two did 6% to 21% more additions per
+second on EfficientNet-Lite0's 1x1 geometries, alone, by hand.
 
 Every output adds ``x[p, c] * W[c, o]`` for c = 0, 1, ... into one float32 sum (product
 and sum each rounded, as everywhere in the fused kernels), then the bias: the result
