@@ -706,9 +706,9 @@ DEEP_NOTES = [
     "the ReLU6 neurons about a third (1.2 ns per neuron and step: a float64 running sum and "
     "a count per neuron, read and written every step), the depthwise convs about 16% (about "
     "4.5 G additions per second). The network's state (72 MB a view) does not fit in the "
-    "cache, so every step "
-    "streams it from memory; running a few layers at a time on tiles of rows, so that what "
-    "one writes the next reads from the cache, is the step that would lift that bound.",
+    "cache, so every step streams it from memory; running a few layers at a time on tiles "
+    "of rows, so that what one writes the next reads from the cache, is the step that would "
+    "lift that bound.",
 ]
 
 
