@@ -48,7 +48,7 @@ fidelity: $(STAMP) $(TORCH_STAMP)
 		--variants dni_narrow,dni_minus_theta,dni_layer,dni_burst2,dni,dni_ss,dni_ss_spiking_readout \
 		--out $(RESULTS)/fidelity_neurons.json
 	$(BIN)/python benchmarks/fidelity.py \
-		--variants auto_ss,bursts_ss,dni_ss,bursts,bursts8_ss,catchup_ss,catchup64_ss \
+		--variants auto_ss,auto_layer_ss,bursts_ss,dni_ss,bursts,bursts8_ss,catchup_ss,catchup64_ss \
 		--timesteps 1,2,4,8,16 --out $(RESULTS)/fidelity_low_t.json
 	$(BIN)/python benchmarks/leaky_fidelity.py --out $(RESULTS)/leaky_fidelity.json
 	$(BIN)/python benchmarks/fidelity.py --report

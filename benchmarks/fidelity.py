@@ -87,7 +87,12 @@ LOW_T: dict[str, tuple[str, dict]] = {
                      dict(_BURSTS, max_spikes_per_step=64, resolution=64, second_stage=True)),
     "auto_ss": ("DNI, levels chosen per T (16 to 512), up to 64 spikes a step + second "
                 "stage (default)",
-                dict(_DNI, max_spikes_per_step=64, resolution=None, second_stage=True)),
+                dict(_DNI, max_spikes_per_step=64, resolution=None, level_search="network",
+                     second_stage=True)),
+    "auto_layer_ss": ("DNI, levels chosen per T and then per layer (4 to 512), up to 64 spikes "
+                      "a step + second stage (--level-search layer)",
+                      dict(_DNI, max_spikes_per_step=64, resolution=None, level_search="layer",
+                           second_stage=True)),
 }
 # The neuron ablation: one change at a time from "dni_narrow" (DNI with the threshold grid
 # the compiler had before this benchmark), as measured for docs/results/fidelity.md.

@@ -29,8 +29,10 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
     (``ctx.activation_stats``) and chooses the thresholds and initial potentials for every
     T of ``ctx.config.timesteps`` (``ctx.neuron_params``, see
     :func:`~snncompiler.passes.dni.choose_neuron_parameters`). When the resolution is to be
-    chosen (``config.resolution`` None), it does so for every candidate resolution from
-    the same histograms (``ctx.resolution_params``; ``ctx.neuron_params`` gets the fewest)
+    chosen (``config.resolution`` None), it does so for every candidate resolution, and for
+    the coarser levels that the layer search may give single layers
+    (``config.layer_resolutions``), from the same histograms (``ctx.resolution_params``;
+    ``ctx.neuron_params`` gets the fewest candidate's)
     and keeps the ANN for ``choose_resolution`` (``ctx.resolution_ann``). One report line
     per activation goes to ``ctx.report``.
 
@@ -103,7 +105,7 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
                 levels_per_step=[config.levels_per_step(t, resolution)
                                  for t in config.timesteps],
             )
-            for resolution in config.resolutions}
+            for resolution in (config.layer_resolutions if choosing else config.resolutions)}
         if choosing:
             for resolution, candidate in by_resolution.items():
                 ctx.resolution_params.setdefault(resolution, {})[name] = candidate

@@ -20,13 +20,29 @@ with the smallest error. Past the tolerance, more levels are still taken while t
 the error and cost at most ``FREE_OPS`` more synaptic operations: once a network's neurons
 send a burst at most steps (levels >= T), finer thresholds change the size of the bursts,
 not their number, and a burst is one event. Only candidates that leave the neurons room to
-catch up at that T are tried (``CompileConfig.has_room``). Each T's choice and the errors
-and operations that led to it go to the report, the choice to the ``.snn`` header.
+catch up at that T are tried (``CompileConfig.has_room``).
+
+Then, with ``level_search="layer"`` (not the default), layer by layer. Layers differ in what their
+rounding costs the readout and in the operations their spikes cause downstream, so one
+count for every layer spends operations where they buy little. Starting from the network's
+choice, a greedy search moves one layer at a time one candidate coarser, taking the move that
+saves the most synaptic operations per squared readout error added, as long as the error
+stays within the tolerance (the coarsest being ``config.coarse_levels``); then, like the
+network's choice, one candidate finer at a time while that lowers the error and the
+operations stay within ``FREE_OPS`` of where the first phase ended. Each move is measured by
+simulating the program, as above; the search is lazy (a move's measured gain is reused
+until it reaches the top of the queue, then measured again in the current state), and it
+stops when it has spent ``config.level_search_budget`` neuron updates. A T whose first round
+of trials would not fit keeps the network's choice (on EfficientNet-Lite0 that is every T:
+33 layers of 6 million neurons). Each T's choice, the errors and operations that led to it,
+and the layers' levels go to the report and to the ``.snn`` header.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -34,6 +50,7 @@ from tqdm.auto import tqdm
 from snncompiler.context import CompileContext
 from snncompiler.errors import CalibrationError
 from snncompiler.frontend import ort_session
+from snncompiler.runtime.engine import SpikingNetwork
 from snncompiler.runtime.graph import Program
 
 from .balance_potentials import readout_error, second_stage_images, spike_sums
@@ -68,7 +85,7 @@ def choose_resolution(program: Program, ctx: CompileContext) -> int:
     Returns:
         The number of target T given more levels than the fewest candidate.
     """
-    candidates = sorted(ctx.resolution_params)
+    candidates = [r for r in sorted(ctx.resolution_params) if r in ctx.config.resolutions]
     if len(candidates) < 2:
         return 0
     if len(program.inputs) != 1 or len(program.outputs) != 1:
@@ -86,7 +103,7 @@ def choose_resolution(program: Program, ctx: CompileContext) -> int:
     images = check if len(check) else fit
     reference = _reference(ctx, program.inputs[0].name, images)
     tolerance = ctx.config.output_tolerance
-    for node in neurons:  # writable float32 copies, whose rows _write_row replaces
+    for node in neurons:  # writable float32 copies, whose rows _write_levels replaces
         for name in ("theta", "v0"):
             node.arrays[name] = np.array(node.arrays[name], dtype=np.float32)
     raised, lines = 0, []
@@ -97,7 +114,7 @@ def choose_resolution(program: Program, ctx: CompileContext) -> int:
                    leave=False)
         tried: dict[int, tuple[float, float]] = {}
         for resolution in roomy:
-            _write_row(neurons, ctx.resolution_params[resolution], row)
+            _write_levels(neurons, ctx.resolution_params, row, (resolution,) * len(neurons))
             found = spike_sums(program, images, steps, [], bar=bar)
             error = math.sqrt(readout_error(np.concatenate(found.readouts), reference))
             tried[resolution] = (error, found.synaptic_ops / len(images))
@@ -106,17 +123,135 @@ def choose_resolution(program: Program, ctx: CompileContext) -> int:
         bar.close()
         chosen = _choice(tried, tolerance)
         if chosen != resolution:
-            _write_row(neurons, ctx.resolution_params[chosen], row)
+            _write_levels(neurons, ctx.resolution_params, row, (chosen,) * len(neurons))
         ctx.chosen_resolution[steps] = chosen
         raised += chosen != candidates[0]
-        lines.append(f"T={steps}: {chosen} levels (readout error, synaptic ops per image: "
-                     + ", ".join(f"{r}: {e:.3g}, {ops:.3g}" for r, (e, ops) in tried.items())
-                     + (f"; {', '.join(map(str, sorted(set(candidates) - set(roomy))))} "
-                        "leave no room to catch up" if len(roomy) < len(candidates) else "")
-                     + ")")
+        line = (f"T={steps}: {chosen} levels (readout error, synaptic ops per image: "
+                + ", ".join(f"{r}: {e:.3g}, {ops:.3g}" for r, (e, ops) in tried.items())
+                + (f"; {', '.join(map(str, sorted(set(candidates) - set(roomy))))} "
+                   "leave no room to catch up" if len(roomy) < len(candidates) else "")
+                + ")")
+        if ctx.config.level_search == "layer" and len(neurons) > 1:
+            line += "; " + _search_layers(program, ctx, row, steps, images, reference,
+                                          tried[chosen], chosen)
+        lines.append(line)
     ctx.report.append(f"resolution (tolerance {tolerance:g} on {len(images)} held-out "
                       "images): " + "; ".join(lines))
     return raised
+
+
+def _search_layers(program: Program, ctx: CompileContext, row: int, steps: int,
+                   images: np.ndarray, reference: np.ndarray, start: tuple[float, float],
+                   chosen: int) -> str:
+    """The layer search of the module docstring for row ``row`` (target ``steps``): writes
+    each layer's levels into the row and ``ctx.layer_levels``; returns the report's words."""
+    neurons = program.neuron_nodes()
+    ladder = [r for r in sorted(ctx.resolution_params) if ctx.config.has_room(steps, r)]
+    shapes = SpikingNetwork(program).tensor_shapes
+    per_trial = len(images) * steps * sum(int(np.prod(shapes[n.output])) for n in neurons)
+    budget = ctx.config.level_search_budget
+    if per_trial * len(neurons) > budget:
+        return (f"layers not searched (one trial per layer would simulate "
+                f"{per_trial * len(neurons):.3g} neuron updates, over the budget of "
+                f"{budget:.3g})")
+    bar = tqdm(unit="img-step",
+               desc=f"levels per layer, T={steps}", disable=not ctx.config.progress,
+               leave=False)
+    measured: dict[tuple[int, ...], tuple[float, float]] = {}
+    spent = []
+
+    def measure(levels: tuple[int, ...]) -> tuple[float, float] | None:
+        """(readout error, synaptic ops per image) with ``levels``; None once the budget
+        is spent."""
+        if levels not in measured:
+            if (len(measured) + 1) * per_trial > budget:
+                spent.append(levels)
+                return None
+            _write_levels(neurons, ctx.resolution_params, row, levels)
+            found = spike_sums(program, images, steps, [], bar=bar)
+            measured[levels] = (
+                math.sqrt(readout_error(np.concatenate(found.readouts), reference)),
+                found.synaptic_ops / len(images))
+        return measured[levels]
+
+    start_levels = (chosen,) * len(neurons)
+    measured[start_levels] = start
+    levels, state = start_levels, start
+    tolerance = ctx.config.output_tolerance
+    if start[0] <= tolerance:
+        levels, state = greedy_moves(
+            levels, state, ladder, -1, measure,
+            keeps=lambda new, old: new[0] <= tolerance and new[1] < old[1],
+            gain=lambda new, old: (old[1] - new[1]) / max(new[0] ** 2 - old[0] ** 2, 1e-30))
+    spend = (1 + FREE_OPS) * state[1]
+    levels, state = greedy_moves(
+        levels, state, ladder, +1, measure,
+        keeps=lambda new, old: new[0] < old[0] and new[1] <= spend,
+        gain=lambda new, old: (old[0] ** 2 - new[0] ** 2) / max(new[1] - old[1], 1.0))
+    bar.close()
+    _write_levels(neurons, ctx.resolution_params, row, levels)
+    ctx.layer_levels[steps] = {calibration_key(n): level for n, level in zip(neurons, levels)}
+    return (f"per layer: {'/'.join(map(str, levels))} levels, readout error {state[0]:.3g}, "
+            f"synaptic ops {state[1]:.3g} per image ({'budget spent, ' if spent else ''}"
+            f"{len(measured) - 1} trials)")
+
+
+def greedy_moves(levels: tuple[int, ...], state: tuple[float, float], ladder: list[int],
+                 direction: int,
+                 measure: Callable[[tuple[int, ...]], tuple[float, float] | None], *,
+                 keeps: Callable, gain: Callable) -> tuple[tuple[int, ...], tuple[float, float]]:
+    """Moves one layer at a time one rung of ``ladder`` in ``direction`` (-1 coarser, +1
+    finer), always the move of largest ``gain(new, old)`` among those that ``keeps(new,
+    old)``, until none is left; ``new`` and ``old`` are (error, ops) pairs. A layer whose
+    move, when measured, does not keep is not moved again.
+
+    Lazy: a move's gain, measured in an earlier state, stands for it until it comes to the
+    top of the queue; it is then measured again and taken if it still leads. ``measure``
+    returning None (budget spent) ends the search where it stands, which always keeps.
+    """
+    def moved(current: tuple[int, ...], layer: int) -> tuple[int, ...] | None:
+        rung = ladder.index(current[layer]) + direction if current[layer] in ladder else -1
+        if not 0 <= rung < len(ladder):
+            return None
+        return current[:layer] + (ladder[rung],) + current[layer + 1:]
+
+    queue = []
+    for layer in range(len(levels)):
+        trial = moved(levels, layer)
+        found = measure(trial) if trial is not None else None
+        if found is None:
+            if trial is not None:
+                return levels, state
+            continue
+        if keeps(found, state):
+            queue.append((-gain(found, state), layer))
+    heapq.heapify(queue)
+    while queue:
+        _, layer = heapq.heappop(queue)
+        trial = moved(levels, layer)
+        if trial is None:
+            continue
+        found = measure(trial)
+        if found is None:
+            break
+        if not keeps(found, state):
+            continue
+        fresh = gain(found, state)
+        if queue and fresh < -queue[0][0]:
+            heapq.heappush(queue, (-fresh, layer))
+            continue
+        levels, state = trial, found
+        heapq.heappush(queue, (-math.inf, layer))  # its next rung, measured when popped
+    return levels, state
+
+
+def _write_levels(neurons, params: dict, row: int, levels: tuple[int, ...]) -> None:
+    """Writes into row ``row`` of each neuron node the parameters of its entry of ``levels``
+    (``params``: resolution -> {calibration key -> DNI parameters})."""
+    for node, level in zip(neurons, levels):
+        chosen = params[level][calibration_key(node)]
+        node.arrays["theta"][row] = chosen.theta[row]
+        node.arrays["v0"][row] = chosen.v0[row]
 
 
 def _choice(tried: dict[int, tuple[float, float]], tolerance: float) -> int:
@@ -142,13 +277,6 @@ def _worth_trying_more(tried: dict[int, tuple[float, float]], tolerance: float) 
     """Whether a candidate with more levels than those ``tried`` could still be chosen."""
     return _choice(tried, tolerance) == list(tried)[-1] or all(
         error > tolerance for error, _ in tried.values())
-
-
-def _write_row(neurons, params: dict, row: int) -> None:
-    for node in neurons:
-        chosen = params[calibration_key(node)]
-        node.arrays["theta"][row] = chosen.theta[row]
-        node.arrays["v0"][row] = chosen.v0[row]
 
 
 def _reference(ctx: CompileContext, name: str, images: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from pathlib import Path
 import click
 
 from snncompiler import __version__
-from snncompiler.context import GRANULARITIES, INITIAL_POTENTIALS, CompileConfig
+from snncompiler.context import GRANULARITIES, INITIAL_POTENTIALS, LEVEL_SEARCHES, CompileConfig
 from snncompiler.errors import InputError, SnnError
 from snncompiler.evaluate import parse_timesteps
 from snncompiler.files import write_text_atomically
@@ -293,6 +293,13 @@ def _config_options(command):
                      help="For --resolution auto: the readout error ||SNN - ANN|| / ||ANN|| "
                           "accepted on held-out calibration images (smaller: more levels, "
                           "more synaptic operations)."),
+        click.option("--level-search", type=click.Choice(LEVEL_SEARCHES),
+                     default=default.level_search, show_default=True,
+                     help="For --resolution auto: one level count for every layer "
+                          "(network), or refined layer by layer (layer): fewer levels where "
+                          "they save the most synaptic operations, up to --output-tolerance; "
+                          "networks too large for its simulation budget keep the network's "
+                          "count."),
         click.option("--second-stage/--no-second-stage", default=default.second_stage,
                      show_default=True,
                      help="DNI's second stage: simulate on calibration data and shift initial "
@@ -370,7 +377,7 @@ def main(debug):
 @_friendly_errors
 def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
                     initial_potential, granularity, max_spikes, resolution, output_tolerance,
-                    second_stage,
+                    level_search, second_stage,
                     second_stage_samples, scale,
                     mean, std, allow_analog, scheduler, workers, force, quiet):
     """Compile MODEL (ONNX) to a .snn spiking network."""
@@ -388,7 +395,7 @@ def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
     config = CompileConfig(
         timesteps=tuple(steps), theta_neg=theta_neg, initial_potential=initial_potential,
         granularity=granularity, max_spikes_per_step=max_spikes, resolution=resolution,
-        output_tolerance=output_tolerance, progress=not quiet,
+        output_tolerance=output_tolerance, level_search=level_search, progress=not quiet,
         allow_analog=allow_analog, second_stage=second_stage,
         second_stage_samples=second_stage_samples)
     with open_cluster(scheduler, workers) as cluster:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 INITIAL_POTENTIALS = ("dni", "half", "zero")
 GRANULARITIES = ("channel", "layer")
+LEVEL_SEARCHES = ("layer", "network")
 
 
 # A neuron whose thresholds are chosen for bursts of k spikes a step needs a cap of at least
@@ -52,6 +53,17 @@ class CompileConfig:
         resolution_candidates: What ``resolution=None`` chooses from, fewest first.
         output_tolerance: The readout error ``||SNN - ANN|| / ||ANN||`` (over the held-out
             calibration images) that ``resolution=None`` accepts.
+        level_search: For ``resolution=None``: ``"network"`` (the default) gives every layer
+            the same count; ``"layer"`` then refines it layer by layer, giving fewer levels
+            to the layers where they save the most operations for the least readout error,
+            up to ``output_tolerance`` (``passes/choose_resolution.py``). On the
+            Fashion-MNIST CNNs it saves up to 20% of the synaptic operations at T = 1-16 for up
+            to 0.13 point of accuracy (docs/results/fidelity.md), so it is not the default.
+        coarse_levels: Levels below ``resolution_candidates`` that the layer search may give
+            a single layer (never the whole network).
+        level_search_budget: The most neuron updates (neurons x images x steps) that the
+            layer search may simulate per target T; a T whose first round of trials (one
+            per layer) would not fit keeps the network's choice, and the report says so.
         granularity: ``"channel"`` or ``"layer"`` thresholds.
         initial_potential: ``"dni"`` (searched), ``"half"`` (theta/2) or ``"zero"``.
         threshold_percentiles: Candidate thresholds, as percentiles of each channel's
@@ -76,6 +88,9 @@ class CompileConfig:
     resolution: int | None = None
     resolution_candidates: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
     output_tolerance: float = 0.05
+    level_search: str = "network"
+    coarse_levels: tuple[int, ...] = (4, 8)
+    level_search_budget: float = 5e10
     granularity: str = "channel"
     initial_potential: str = "dni"
     threshold_percentiles: tuple[float, ...] = (
@@ -106,6 +121,12 @@ class CompileConfig:
             raise ValueError("resolution_candidates must be positive integers")
         if not self.output_tolerance > 0:
             raise ValueError("output_tolerance must be positive")
+        if self.level_search not in LEVEL_SEARCHES:
+            raise ValueError(f"level_search must be one of {LEVEL_SEARCHES}")
+        if any(int(r) < 1 for r in self.coarse_levels):
+            raise ValueError("coarse_levels must be positive integers")
+        if not self.level_search_budget >= 0:
+            raise ValueError("level_search_budget must be at least 0")
         if self.second_stage_samples < 1 or self.second_stage_sweeps < 1:
             raise ValueError("second_stage_samples and second_stage_sweeps must be at least 1")
 
@@ -116,6 +137,14 @@ class CompileConfig:
         if self.resolution is not None:
             return (self.resolution,)
         return tuple(sorted(set(self.resolution_candidates)))
+
+    @property
+    def layer_resolutions(self) -> tuple[int, ...]:
+        """What a single layer may get: :attr:`resolutions`, plus ``coarse_levels`` when
+        the layer search runs."""
+        if self.resolution is not None or self.level_search != "layer":
+            return self.resolutions
+        return tuple(sorted(set(self.resolution_candidates) | set(self.coarse_levels)))
 
     def levels_per_step(self, timesteps: int, resolution: int | None = None) -> int:
         """Spikes per step that the thresholds for target ``timesteps`` are chosen for:
@@ -168,6 +197,8 @@ class CompileContext:
         resolution_ann: With ``resolution_params``: the ANN (an ONNX ModelProto) and the
             name of its readout, for the reference that the choice compares with.
         chosen_resolution: Filled by ``choose_resolution``: target T -> resolution.
+        layer_levels: Filled by ``choose_resolution`` where its layer search ran: target T
+            -> {activation tensor name -> resolution}.
         dry_run: Check and lower the graph without calibration data (placeholder neuron
             parameters), for ``snnc inspect`` and early error reporting.
         cluster: Where the passes run their work over calibration images: None, here; or
@@ -188,5 +219,6 @@ class CompileContext:
     resolution_params: dict = field(default_factory=dict)
     resolution_ann: tuple | None = None
     chosen_resolution: dict = field(default_factory=dict)
+    layer_levels: dict = field(default_factory=dict)
     dry_run: bool = False
     cluster: Cluster | None = None

@@ -167,10 +167,16 @@ def calibration_summary(ctx: CompileContext, calibration: Dataset) -> dict:
     config = ctx.config
     layers = {}
     for name, params in ctx.neuron_params.items():
+        levels = [ctx.layer_levels.get(t, {}).get(name, resolution_of(ctx, t))
+                  for t in config.timesteps]
+        # Each T's row holds the parameters of the levels chosen for it.
+        rows = [ctx.resolution_params.get(level, {}).get(name, params) for level in levels]
         layers[name] = {
             "channels": int(params.theta.shape[1]),
-            "mean_theta": [float(v) for v in params.theta.mean(axis=1)],
-            "expected_error": [float(v) for v in params.expected_error.mean(axis=1)],
+            "levels": levels,
+            "mean_theta": [float(p.theta[row].mean()) for row, p in enumerate(rows)],
+            "expected_error": [float(p.expected_error[row].mean())
+                               for row, p in enumerate(rows)],
         }
     return {
         "method": "DNI" if config.initial_potential == "dni" else config.initial_potential,

@@ -564,8 +564,10 @@ def _calibration_section(program: Program | None) -> str:
                 continue
             theta, error = layer.get("mean_theta"), layer.get("expected_error")
             rows.append([html.escape(str(name)), html.escape(_short_json(layer.get("channels"))),
+                         *(_per_row(layer.get("levels"), steps)),
                          *(_per_row(theta, steps)), *(_per_row(error, steps))])
-        header = (["layer", "channels"] + [f"mean &theta; T={t}" for t in steps]
+        header = (["layer", "channels"] + [f"levels T={t}" for t in steps]
+                  + [f"mean &theta; T={t}" for t in steps]
                   + [f"expected error T={t}" for t in steps])
         parts.append("<h3>Per layer</h3>" + _table(header, rows))
     parts.append("</section>")

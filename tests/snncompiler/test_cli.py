@@ -109,6 +109,7 @@ def test_compile_option_defaults_are_the_compile_config_defaults():
                           ("granularity", "granularity"), ("max_spikes", "max_spikes_per_step"),
                           ("second_stage", "second_stage"),
                           ("output_tolerance", "output_tolerance"),
+                          ("level_search", "level_search"),
                           ("second_stage_samples", "second_stage_samples")]:
         assert options[option].default == getattr(default, field), option
     resolution = options["resolution"]
@@ -144,6 +145,29 @@ def test_compile_without_options_compiles_with_the_compile_config(demo, tmp_path
         *preprocessing_args(spec)])
     assert result.exit_code == 130
     assert seen["config"] == replace(CompileConfig(), progress=False)
+
+
+def test_the_layer_search_and_tolerance_reach_the_compile_config(demo, tmp_path, monkeypatch):
+    spec, folder = demo
+    seen = {}
+
+    def capture(model, calibration, config, **options):
+        seen["config"] = config
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("snncompiler.pipeline.compile_model", capture)
+    result = CliRunner().invoke(main, [
+        str(folder / spec["model"]), "-o", str(tmp_path / "a.snn"), "--calib",
+        str(folder / spec["calibration"]), "--calib-samples", "4", "-q",
+        "--level-search", "layer", "--output-tolerance", "0.03", *preprocessing_args(spec)])
+    assert result.exit_code == 130
+    assert seen["config"].level_search == "layer"
+    assert seen["config"].output_tolerance == 0.03
+    refused = CliRunner().invoke(main, [
+        str(folder / spec["model"]), "-o", str(tmp_path / "b.snn"), "--calib",
+        str(folder / spec["calibration"]), "--level-search", "channel"])
+    assert refused.exit_code == 1
+    assert "--level-search" in refused.output and "'channel' is not one of" in refused.output
 
 
 def test_inspect_onnx_lists_every_node_and_a_verdict(demo):
