@@ -399,7 +399,10 @@ def compile_command(model, output, calib, calib_samples, timesteps, theta_neg,
         allow_analog=allow_analog, second_stage=second_stage,
         second_stage_samples=second_stage_samples)
     with open_cluster(scheduler, workers) as cluster:
-        calibration = load_npz(calib, Preprocessing(scale, mean, std), limit=calib_samples)
+        # Streamed: the compile holds a batch of the calibration data at a time, so its
+        # memory does not grow with the number of images.
+        calibration = load_npz(calib, Preprocessing(scale, mean, std), limit=calib_samples,
+                               stream=True)
         result = pipeline.compile_model(model, calibration, config, cluster=cluster)
     save_program(result.program, output, overwrite=force)
     _print_compile_summary(result, output, quiet)
@@ -478,7 +481,8 @@ def _evaluate(snn, data, steps, onnx_path, json_path, batch_size, limit, max_mem
     sizes = {**activation_sizes(program), "state": net.state_bytes()}
     batch = plan_batch(sizes, max(steps), batch_size, limit_bytes)
     preprocessing = Preprocessing(*preprocessing)
-    dataset = load_npz(data, preprocessing, limit=limit)
+    # Streamed, like the compile's calibration data: a batch of it in memory at a time.
+    dataset = load_npz(data, preprocessing, limit=limit, stream=True)
     check_input_shape(dataset, program.inputs[0].name, tuple(program.inputs[0].shape))
     check_labels(dataset, sizes["outputs"])
     ann = _ann_function(onnx_path, program) if onnx_path else None

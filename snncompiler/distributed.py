@@ -456,7 +456,7 @@ def _evaluate_batch(snn: str, memory_budget: int, data: str, preprocessing: Prep
     net = _cached(("net", _file_key(snn), memory_budget, threading.get_ident()),
                   lambda: load(snn, memory_budget=memory_budget))
     dataset = _cached(("data", _file_key(data), preprocessing, limit),
-                      lambda: load_npz(data, preprocessing, limit))
+                      lambda: load_npz(data, preprocessing, limit, stream=True))
     ann = None if onnx is None else _cached(("ann", _file_key(onnx)), lambda: _ann(onnx))
     return evaluate_batch(net, dataset.x[first:stop], timesteps, ann=ann)
 

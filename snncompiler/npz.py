@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,12 +43,90 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class Dataset:
-    x: np.ndarray  # float32, model input layout
+    x: np.ndarray | StreamedRows  # float32, model input layout
     y: np.ndarray | None  # int64 labels or None
     source: str
 
     def __len__(self) -> int:
         return len(self.x)
+
+
+class _Member(NamedTuple):
+    """An npy member of an archive, its header read: where its values start within it."""
+
+    path: Path
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    data_start: int
+
+
+class StreamedRows:
+    """The float32 rows of an ``.npz`` file's ``x``, read from the file whenever a slice is
+    taken, so that a compile holds one batch of its calibration data, however many images
+    there are (``load_npz(..., stream=True)``).
+
+    Only what a compile does with its data is supported: ``len``, ``shape``, ``dtype`` and
+    slices ``x[a:b]``, best taken in order. A stored member (``np.savez``) is read at any
+    offset; a compressed one (``np.savez_compressed``) is inflated once per pass, and a slice
+    that starts before the previous one ended opens it again.
+    """
+
+    def __init__(self, member: _Member, length: int, preprocessing: Preprocessing):
+        self._member, self._path, self._preprocessing = member, member.path, preprocessing
+        self.shape = (length, *member.shape[1:])
+        self.dtype = np.dtype(np.float32)
+        self._row_bytes = math.prod(member.shape[1:]) * member.dtype.itemsize
+        self._stream = self._archive = None  # an open compressed member, and its offset
+        self._offset = 0
+        self._lock = threading.Lock()  # threads (a Dask worker's) share the open member
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("StreamedRows supports contiguous slices x[a:b] only")
+        start, stop, _ = index.indices(len(self))
+        count = max(stop - start, 0)
+        raw = self._read(self._member.data_start + start * self._row_bytes,
+                         count * self._row_bytes)
+        rows = np.frombuffer(raw, dtype=self._member.dtype).reshape(count, *self.shape[1:])
+        return _as_model_input(rows, self._preprocessing, str(self._path))
+
+    def _read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            return self._read_unlocked(offset, size)
+
+    def _read_unlocked(self, offset: int, size: int) -> bytes:
+        try:
+            info = self._member.info
+            if info.compress_type == zipfile.ZIP_STORED:
+                with open(self._path, "rb") as stream:
+                    stream.seek(_member_data_offset(stream, info) + offset)
+                    data = stream.read(size)
+            else:
+                if self._stream is None or offset < self._offset:
+                    self.close()
+                    self._archive = zipfile.ZipFile(self._path)
+                    self._stream, self._offset = self._archive.open(info), 0
+                self._stream.seek(offset)
+                data = self._stream.read(size)
+                self._offset = offset + len(data)
+        except _READ_ERRORS as error:
+            raise InputError(f"{self._path}: cannot read x any more ({_brief(error)})") from None
+        if len(data) != size:
+            raise InputError(f"{self._path}: x ended early (the file changed while in use?)")
+        return data
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._archive.close()
+            self._stream = None
+
+    def __del__(self):
+        self.close()
 
 
 MAX_DATA_BYTES = 8 << 30
@@ -60,7 +140,8 @@ _READ_ERRORS = (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, 
 
 
 def load_npz(path: str | Path, preprocessing: Preprocessing = Preprocessing(),
-             limit: int | None = None, *, max_bytes: int = MAX_DATA_BYTES) -> Dataset:
+             limit: int | None = None, *, max_bytes: int = MAX_DATA_BYTES,
+             stream: bool = False) -> Dataset:
     """Loads ``x`` and optional ``y`` from an ``.npz`` file, as data only.
 
     The file is untrusted: arrays of Python objects are refused (never unpickled), and each
@@ -70,35 +151,31 @@ def load_npz(path: str | Path, preprocessing: Preprocessing = Preprocessing(),
     Integer ``x`` (uint8 images) needs ``preprocessing``; float ``x`` is used as is unless
     preprocessing is given.
 
+    With ``stream``, ``x`` is a :class:`StreamedRows` that reads its rows from the file when
+    sliced (a C-ordered ``x``; a Fortran-ordered one is loaded whole): checked once here,
+    batch by batch, and never held whole.
+
     Raises:
         InputError: Unreadable file, missing ``x``, empty data, NaN/Inf, bad labels, arrays
             over ``max_bytes``.
     """
     path = Path(path)
-    x, y = _read_arrays(path, max_bytes)
-    if x.ndim < 2 or len(x) == 0:
+    x, y = _read_arrays(path, max_bytes, streamed=stream)
+    if len(x.shape) < 2 or x.shape[0] == 0:
         raise InputError(f"{path}: x has shape {list(x.shape)}; expected a non-empty batch "
                          "(N, ...)")
     if y is not None and (not np.issubdtype(y.dtype, np.integer) or y.shape != x.shape[:1]):
-        raise InputError(f"{path}: y must be integer labels of shape [{len(x)}], got "
+        raise InputError(f"{path}: y must be integer labels of shape [{x.shape[0]}], got "
                          f"{y.dtype} {list(y.shape)}")
     if limit is not None:
-        x = x[:limit]
         y = None if y is None else y[:limit]
-    # Overflow to Inf is caught by the finiteness check below; numpy's warning would only
-    # add a second, less useful line.
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.bool_):
-            if not preprocessing.given:
-                raise InputError(f"{path}: x is {x.dtype}; give --scale/--mean/--std to turn it "
-                                 "into the model's float input (e.g. --scale 0.00392 for /255)")
-            x = preprocessing.apply(x)
-        elif np.issubdtype(x.dtype, np.floating):
-            x = preprocessing.apply(x) if preprocessing.given else x.astype(np.float32)
-        else:
-            raise InputError(f"{path}: x has dtype {x.dtype}; expected float32 or uint8")
-    if not np.isfinite(x).all():
-        raise InputError(f"{path}: x holds NaN or Inf values")
+    if isinstance(x, _Member):
+        # The rows x[:limit] would keep, whatever the sign of limit.
+        x = StreamedRows(x, len(range(x.shape[0])[:limit]), preprocessing)
+        for first in range(0, len(x), _CHECK_ROWS):  # every row converts and is finite
+            x[first:first + _CHECK_ROWS]
+    else:
+        x = _as_model_input(x[:limit] if limit is not None else x, preprocessing, str(path))
     if y is not None:
         if len(y) and y.min() < 0:
             raise InputError(f"{path}: y holds negative labels")
@@ -106,10 +183,47 @@ def load_npz(path: str | Path, preprocessing: Preprocessing = Preprocessing(),
             raise InputError(f"{path}: y holds labels up to {y.max()}; labels are class "
                              "indices")
         y = y.astype(np.int64)
-    return Dataset(np.ascontiguousarray(x), y, str(path))
+    return Dataset(x if isinstance(x, StreamedRows) else np.ascontiguousarray(x), y, str(path))
 
 
-def _read_arrays(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray | None]:
+# Rows per read when load_npz(stream=True) checks the data: small next to any image set.
+_CHECK_ROWS = 64
+
+
+def _as_model_input(x: np.ndarray, preprocessing: Preprocessing, source: str) -> np.ndarray:
+    """float32 model input from stored values: preprocessed (integer ``x`` needs it) and
+    checked to be finite."""
+    # Overflow to Inf is caught by the finiteness check below; numpy's warning would only
+    # add a second, less useful line.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.bool_):
+            if not preprocessing.given:
+                raise InputError(f"{source}: x is {x.dtype}; give --scale/--mean/--std to turn "
+                                 "it into the model's float input (e.g. --scale 0.00392 for "
+                                 "/255)")
+            x = preprocessing.apply(x)
+        elif np.issubdtype(x.dtype, np.floating):
+            x = preprocessing.apply(x) if preprocessing.given else x.astype(np.float32)
+        else:
+            raise InputError(f"{source}: x has dtype {x.dtype}; expected float32 or uint8")
+    if not np.isfinite(x).all():
+        raise InputError(f"{source}: x holds NaN or Inf values")
+    return x
+
+
+def _member_data_offset(stream, info: zipfile.ZipInfo) -> int:
+    """Where a stored zip member's bytes start in the file: after its local header, whose
+    name and extra field lengths may differ from the central directory's."""
+    stream.seek(info.header_offset)
+    local = stream.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise InputError(f"{stream.name}: damaged zip entry {info.filename!r}")
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_length + extra_length
+
+
+def _read_arrays(path: Path, max_bytes: int, *, streamed: bool = False
+                 ) -> tuple[np.ndarray | _Member, np.ndarray | None]:
     """``x`` and ``y`` (or None) from the archive, refusing anything but plain arrays."""
     if path.is_dir():
         raise InputError(f"{path}: is a directory; expected an .npz file")
@@ -125,7 +239,8 @@ def _read_arrays(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray | N
                 found = sorted(name.removesuffix(".npy") for name in names)
                 raise InputError(f"{path}: no array named 'x' (found: {found}); save inputs "
                                  "as x=..., labels as y=...")
-            x = _read_member(archive, names["x.npy"], max_bytes, f"{path}: x")
+            x = _read_member(archive, names["x.npy"], max_bytes, f"{path}: x",
+                             stream_from=path if streamed else None)
             y = None
             if "y.npy" in names:
                 y = _read_member(archive, names["y.npy"], max_bytes, f"{path}: y")
@@ -143,8 +258,9 @@ def _read_arrays(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray | N
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int,
-                 what: str) -> np.ndarray:
-    """One npy member: its header is parsed and its size checked before the data is read."""
+                 what: str, stream_from: Path | None = None) -> np.ndarray | _Member:
+    """One npy member: its header is parsed and its size checked before the data is read
+    (with ``stream_from``, a C-ordered one is not read: its :class:`_Member` is returned)."""
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise InputError(f"{what}: compression method {info.compress_type} is not supported; "
                          "save with np.savez or np.savez_compressed")
@@ -171,6 +287,8 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int
         if stream.tell() + declared != info.file_size:
             raise InputError(f"{what}: its header declares {declared} bytes of data but the "
                              f"entry holds {info.file_size - stream.tell()}")
+        if stream_from is not None and not fortran and len(shape) >= 1:
+            return _Member(stream_from, info, tuple(shape), dtype, stream.tell())
         stream.seek(0)
         return np.lib.format.read_array(stream, allow_pickle=False)
 
