@@ -277,7 +277,7 @@ def _config_options(command):
         click.option("--granularity", type=click.Choice(GRANULARITIES),
                      default=default.granularity, show_default=True,
                      help="Thresholds per channel or layer."),
-        click.option("--max-spikes", type=click.IntRange(1, 64),
+        click.option("--max-spikes", type=click.IntRange(1, 1024),
                      default=default.max_spikes_per_step, show_default=True,
                      help="Most spikes per neuron and step (1 = the paper's neuron)."),
         click.option("--resolution", default="auto", show_default=True,

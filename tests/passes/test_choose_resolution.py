@@ -95,7 +95,7 @@ def test_the_choice_follows_the_rule_on_errors_and_operations_measured_apart(
     result = compile_with(model_and_data, resolution_candidates=CANDIDATES,
                           output_tolerance=value)
     for row, steps in enumerate(TIMESTEPS):
-        # 128 levels at T = 2 are bursts of 64: no room under the cap of 64.
+        # 128 levels at T = 2 are bursts of 64: no room under the cap of 128 (4 x 64 > 128).
         roomy = [r for r in CANDIDATES if not (steps == 2 and r == 128)]
         expected = expected_choice({r: measured[r][row] for r in roomy}, value)
         assert chosen(result)[row] == expected
@@ -120,7 +120,7 @@ def test_the_rule_on_made_up_measurements():
 def test_candidates_without_room_are_not_tried(model_and_data):
     result = compile_with(model_and_data, resolution_candidates=(2, 8, 32),
                           max_spikes_per_step=4, output_tolerance=1e-9)
-    # Under a cap of 4, thresholds for bursts of 2 at most: 4 levels at T=2, 16 at T=8.
+    # Under a cap of 4, thresholds for bursts of 1 (a quarter of it): 2 levels at T=2, 8 at T=8.
     assert chosen(result)[0] == 2 and chosen(result)[1] in (2, 8)
     line = next(line for line in result.report if line.startswith("resolution (tolerance"))
     early, late = line.split("T=8:")
