@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from tqdm.auto import tqdm
 
 from snncompiler.context import CompileContext
 from snncompiler.errors import CalibrationError
@@ -83,7 +84,11 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
     if choosing:
         readout = graph.outputs[0].name
         ctx.resolution_ann = (model, readout)
-    for name in names:
+    # DNI's search takes minutes on a deep network when the levels are chosen (every
+    # candidate, every layer): a bar per layer says where it is.
+    prepared = config.layer_resolutions if choosing else config.resolutions
+    for name in tqdm(names, desc=f"thresholds ({len(prepared)} level counts)", unit="layer",
+                     disable=not config.progress, leave=False):
         # Each histogram is dropped once its parameters are chosen: nothing later needs
         # them, and on a 224 px network they are hundreds of MB that the later stages of
         # the compile would otherwise hold on to.
@@ -105,7 +110,7 @@ def calibrate_neurons(graph: gs.Graph, ctx: CompileContext) -> int:
                 levels_per_step=[config.levels_per_step(t, resolution)
                                  for t in config.timesteps],
             )
-            for resolution in (config.layer_resolutions if choosing else config.resolutions)}
+            for resolution in prepared}
         if choosing:
             for resolution, candidate in by_resolution.items():
                 ctx.resolution_params.setdefault(resolution, {})[name] = candidate
