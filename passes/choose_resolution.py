@@ -50,7 +50,6 @@ from tqdm.auto import tqdm
 from snncompiler.context import CompileContext
 from snncompiler.errors import CalibrationError
 from snncompiler.frontend import ort_session
-from snncompiler.runtime.engine import SpikingNetwork
 from snncompiler.runtime.graph import Program
 
 from .balance_potentials import readout_error, second_stage_images, spike_sums
@@ -147,8 +146,7 @@ def _search_layers(program: Program, ctx: CompileContext, row: int, steps: int,
     each layer's levels into the row and ``ctx.layer_levels``; returns the report's words."""
     neurons = program.neuron_nodes()
     ladder = [r for r in sorted(ctx.resolution_params) if ctx.config.has_room(steps, r)]
-    shapes = SpikingNetwork(program).tensor_shapes
-    per_trial = len(images) * steps * sum(int(np.prod(shapes[n.output])) for n in neurons)
+    per_trial = len(images) * steps * sum(int(np.prod(n.shape)) for n in neurons)
     budget = ctx.config.level_search_budget
     if per_trial * len(neurons) > budget:
         return (f"layers not searched (one trial per layer would simulate "
