@@ -343,7 +343,8 @@ class Cluster:
         snn, data = os.path.abspath(snn), os.path.abspath(data)
         onnx = None if onnx is None else os.path.abspath(onnx)
         program = program if program is not None else load_program(snn)
-        dataset = dataset if dataset is not None else load_npz(data, preprocessing, limit)
+        if dataset is None:  # checked here, row by row; never held whole
+            dataset = load_npz(data, preprocessing, limit, stream=True)
         if len(program.inputs) != 1 or len(program.outputs) != 1:
             raise InputError("evaluation supports networks with one input and one output")
         check_input_shape(dataset, program.inputs[0].name, program.inputs[0].shape)
@@ -455,8 +456,11 @@ def _evaluate_batch(snn: str, memory_budget: int, data: str, preprocessing: Prep
     # A network holds the state of its run: one per thread that may run tasks at once.
     net = _cached(("net", _file_key(snn), memory_budget, threading.get_ident()),
                   lambda: load(snn, memory_budget=memory_budget))
+    # The client checked every row of this file (the key changes when it is rewritten); each
+    # batch is checked again as it is read, so the worker skips the pass over the whole file.
     dataset = _cached(("data", _file_key(data), preprocessing, limit),
-                      lambda: load_npz(data, preprocessing, limit, stream=True))
+                      lambda: load_npz(data, preprocessing, limit, stream=True,
+                                       check_rows=False))
     ann = None if onnx is None else _cached(("ann", _file_key(onnx)), lambda: _ann(onnx))
     return evaluate_batch(net, dataset.x[first:stop], timesteps, ann=ann)
 

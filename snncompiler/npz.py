@@ -141,7 +141,7 @@ _READ_ERRORS = (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, 
 
 def load_npz(path: str | Path, preprocessing: Preprocessing = Preprocessing(),
              limit: int | None = None, *, max_bytes: int = MAX_DATA_BYTES,
-             stream: bool = False) -> Dataset:
+             stream: bool = False, check_rows: bool = True) -> Dataset:
     """Loads ``x`` and optional ``y`` from an ``.npz`` file, as data only.
 
     The file is untrusted: arrays of Python objects are refused (never unpickled), and each
@@ -153,7 +153,9 @@ def load_npz(path: str | Path, preprocessing: Preprocessing = Preprocessing(),
 
     With ``stream``, ``x`` is a :class:`StreamedRows` that reads its rows from the file when
     sliced (a C-ordered ``x``; a Fortran-ordered one is loaded whole): checked once here,
-    batch by batch, and never held whole.
+    batch by batch, and never held whole. ``check_rows=False`` skips that first pass, for a
+    reader that opens a file its caller has already checked (a Dask worker): every slice is
+    still converted and checked as it is read.
 
     Raises:
         InputError: Unreadable file, missing ``x``, empty data, NaN/Inf, bad labels, arrays
@@ -172,8 +174,8 @@ def load_npz(path: str | Path, preprocessing: Preprocessing = Preprocessing(),
     if isinstance(x, _Member):
         # The rows x[:limit] would keep, whatever the sign of limit.
         x = StreamedRows(x, len(range(x.shape[0])[:limit]), preprocessing)
-        for first in range(0, len(x), _CHECK_ROWS):  # every row converts and is finite
-            x[first:first + _CHECK_ROWS]
+        for first in range(0, len(x) if check_rows else 0, _CHECK_ROWS):
+            x[first:first + _CHECK_ROWS]  # every row converts and is finite
     else:
         x = _as_model_input(x[:limit] if limit is not None else x, preprocessing, str(path))
     if y is not None:

@@ -147,6 +147,20 @@ def test_overflow_to_inf_is_one_error_without_warnings(load, tmp_path):
                      Preprocessing(scale=1e39))
 
 
+def test_unchecked_open_still_refuses_a_bad_row_when_it_is_read(tmp_path):
+    # A Dask worker opens a file its client has checked without reading it all again
+    # (check_rows=False); a row that no longer converts is still refused where it is read.
+    x = np.ones((4, 3), np.float32)
+    x[2, 1] = np.nan
+    path = write_npz(tmp_path / "nan.npz", [("x.npy", npy_of(x))])
+    with pytest.raises(InputError, match="NaN or Inf"):
+        load_npz(path, stream=True)
+    data = load_npz(path, stream=True, check_rows=False)
+    np.testing.assert_array_equal(data.x[0:2], x[:2])
+    with pytest.raises(InputError, match="NaN or Inf"):
+        data.x[2:4]
+
+
 def test_unsigned_labels_beyond_int64_are_refused(load, tmp_path):
     path = write_npz(tmp_path / "u64.npz", [("x.npy", npy_of(X)),
                                             ("y.npy", npy_of(np.full(2, 2**64 - 1, np.uint64)))])
