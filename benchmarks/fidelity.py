@@ -85,14 +85,23 @@ LOW_T: dict[str, tuple[str, dict]] = {
                    dict(_BURSTS, max_spikes_per_step=64, second_stage=True)),
     "catchup64_ss": ("DNI, thresholds for 64 levels, up to 64 spikes a step + second stage",
                      dict(_BURSTS, max_spikes_per_step=64, resolution=64, second_stage=True)),
-    "auto_ss": ("DNI, levels chosen per T (16 to 1024), up to 128 spikes a step + second "
+    "auto_ss": ("DNI, levels chosen per T (16 to 1024), up to 1024 spikes a step + second "
                 "stage (default)",
-                dict(_DNI, max_spikes_per_step=128, resolution=None, level_search="network",
+                dict(_DNI, max_spikes_per_step=1024, resolution=None, level_search="network",
                      second_stage=True)),
-    "auto_layer_ss": ("DNI, levels chosen per T and then per layer (4 to 1024), up to 128 "
+    "auto_layer_ss": ("DNI, levels chosen per T and then per layer (4 to 1024), up to 1024 "
                       "spikes a step + second stage (--level-search layer)",
-                      dict(_DNI, max_spikes_per_step=128, resolution=None,
+                      dict(_DNI, max_spikes_per_step=1024, resolution=None,
                            level_search="layer", second_stage=True)),
+    # The same under the previous cap of 128, which allowed at most 32 * T levels.
+    "auto128_ss": ("DNI, levels chosen per T (16 to 1024), up to 128 spikes a step + second "
+                   "stage (the previous default)",
+                   dict(_DNI, max_spikes_per_step=128, resolution=None,
+                        level_search="network", second_stage=True)),
+    "auto128_layer_ss": ("DNI, levels chosen per T and then per layer (4 to 1024), up to 128 "
+                         "spikes a step + second stage",
+                         dict(_DNI, max_spikes_per_step=128, resolution=None,
+                              level_search="layer", second_stage=True)),
 }
 # The neuron ablation: one change at a time from "dni_narrow" (DNI with the threshold grid
 # the compiler had before this benchmark), as measured for docs/results/fidelity.md.

@@ -22,13 +22,12 @@ LEVEL_SEARCHES = ("layer", "network")
 
 # A neuron whose thresholds are chosen for bursts of k spikes a step needs a cap of at least
 # 4k to make up for uneven input and for inputs past the calibration range (docs/algorithm.md,
-# "Room to catch up"). Measured on EfficientNet-Lite0, 160 test views
-# (benchmarks/deep_fidelity.py): at T=4, 128 levels (bursts of 32 under a cap of 64) agree
-# with the ANN on 97.5%, relative logit error 0.058, 256 levels (bursts of 64, no room) on
-# 95.0%, 0.078, though their rounding is finer; at T=32, 1024 levels (bursts of 32) agree on
-# 99.4% with 2x room (cap 64) but the views of the photos past the calibration range end with
-# logit errors of 25-32% (90th percentile 0.052), and on 100% with 4x room (cap 128), error
-# 0.0086 (90th percentile below the 512 levels' 0.017).
+# "Room to catch up"). On EfficientNet-Lite0, thresholds for 1024 levels, 160 test views
+# (benchmarks/burst_cap.py, docs/results/burst_cap.md): at T=32 (bursts of 32) a cap of 64
+# leaves the photos past the calibration range with logit errors up to 32% (90th percentile
+# 0.051), a cap of 128 brings them to 18.5% (0.009); at T=4 (bursts of 256) caps of 256, 512
+# and 1024 give 97.5%, 100% and 100% agreement, mean logit errors 0.070, 0.026 and 0.0088:
+# with 4x room, T=4 is as close to the ANN as T=32.
 CATCH_UP_ROOM = 4
 
 
@@ -87,7 +86,7 @@ class CompileConfig:
 
     timesteps: tuple[int, ...] = (32,)
     theta_neg: str = "zero"
-    max_spikes_per_step: int = 128
+    max_spikes_per_step: int = 1024
     resolution: int | None = None
     resolution_candidates: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
     output_tolerance: float = 0.05

@@ -34,9 +34,12 @@ def model_and_data(tmp_path_factory):
 
 def compile_with(model_and_data, **options):
     path, _, x = model_and_data
+    # A cap of 128, under which T=2's largest candidate leaves no room (the rule is tested
+    # on both sides of it).
     config = CompileConfig(**{"timesteps": TIMESTEPS, "progress": False,
                               "second_stage": False, "second_stage_samples": 16,
-                              "level_search": "network", **options})
+                              "level_search": "network", "max_spikes_per_step": 128,
+                              **options})
     return compile_model(path, Dataset(x, None, "test"), config)
 
 
