@@ -14,7 +14,7 @@ CNN, for quick checks):
    at once (one DNI parameter set per T from one pass of statistics), on the first
    ``--calib-limit`` calibration views (already preprocessed: no ``--scale``), with the
    default options plus ``--compile-args``. The child's wall time and peak resident memory
-   (``ru_maxrss`` from ``wait4``) are recorded. The second stage simulates
+   (its own ``VmHWM``, see :func:`compile_snn`) are recorded. The second stage simulates
    the first ``--second-stage-samples`` of those views for every T (half fit its shifts,
    half check them): most of the compile time.
 2. **Run** the first ``--limit`` test views: onnxruntime on the ANN, and the SNN for each T
