@@ -54,6 +54,7 @@ def main() -> None:
     if not onnx_path.exists():
         sys.exit(f"{onnx_path} is missing: run tools/deep_models/export.py first")
     from snncompiler.frontend import load_model, ort_session
+    from snncompiler.machine import cpu_name
     from snncompiler.runtime.engine import SpikingNetwork
     from snncompiler.runtime.format import load_program
 
@@ -77,7 +78,7 @@ def main() -> None:
                                 for i in range(0, len(x), 8)])
     lines = [f"{args.model}, {len(x)} test views, thresholds for {args.resolution} levels "
              f"(calibrated on {args.calib_limit} views), no second stage; "
-             f"{platform.processor() or platform.machine()}, {platform.platform()}", "",
+             f"{cpu_name()}, {platform.platform()}", "",
              "| burst cap | " + " | ".join(
                  f"T={t}: agreement / logit error mean, p90, max" for t in steps) + " |",
              "|---|" + "---|" * len(steps)]

@@ -198,10 +198,11 @@ def compile_snn(onnx: Path, calib: Path, calib_limit: int, timesteps, out: Path,
                 extra: list[str], second_stage_samples: int) -> dict:
     """``snnc`` in a child process: its wall time, peak resident memory and command line.
 
-    The peak is the child's own (``VmHWM``, which it prints as it exits): the ``ru_maxrss``
-    that ``wait4`` returns also counts this process's peak at the spawn, which Linux keeps
-    across exec, so after a model's evaluation here it read that evaluation's memory
-    (EfficientNet-Lite2's compile: 2423 MiB after Lite1's evaluation).
+    The peak is the child's own (``snncompiler.machine.peak_rss_bytes``, which it prints as
+    it exits): the ``ru_maxrss`` that ``wait4`` returns also counts this process's peak at
+    the spawn, which Linux keeps across exec, so after a model's evaluation here it read
+    that evaluation's memory (EfficientNet-Lite2's compile: 2423 MiB after Lite1's
+    evaluation).
     """
     command = [sys.executable, "-c", _COMPILE_CHILD, "compile", str(onnx), "-o", str(out),
                "--calib", str(calib), "--calib-samples", str(calib_limit),
@@ -219,26 +220,22 @@ def compile_snn(onnx: Path, calib: Path, calib_limit: int, timesteps, out: Path,
         sys.exit(f"error: compiling {onnx.name} failed ({shlex.join(command)}):\n{output}")
     lines = output.strip().splitlines()
     peaks = [line for line in lines if line.startswith(_PEAK_MARK)]
-    peak_kib = int(peaks[-1].split()[-1]) if peaks else usage.ru_maxrss  # KiB on Linux
+    peak = int(peaks[-1].split()[-1]) if peaks else usage.ru_maxrss * 1024  # KiB on Linux
     print("\n".join(line for line in lines if not line.startswith(_PEAK_MARK)), flush=True)
-    return {"seconds": seconds, "peak_rss_mib": peak_kib / 1024,
+    return {"seconds": seconds, "peak_rss_mib": peak / 2**20,
             "command": shlex.join(["snnc", *map(_in_repo, command[4:])])}
 
 
-_PEAK_MARK = "child peak VmHWM kB:"
+_PEAK_MARK = "child peak resident bytes:"
 # `snnc` as the child runs it, printing its own peak resident memory as it exits.
 _COMPILE_CHILD = f"""
 import sys
 from snncompiler.cli import main
+from snncompiler.machine import peak_rss_bytes
 try:
     main(sys.argv[1:], prog_name="snnc")
 finally:
-    try:
-        with open("/proc/self/status") as status:
-            line = next(line for line in status if line.startswith("VmHWM:"))
-        print("{_PEAK_MARK}", line.split()[1], flush=True)
-    except (OSError, StopIteration):
-        pass
+    print("{_PEAK_MARK}", peak_rss_bytes(), flush=True)
 """
 
 
@@ -361,23 +358,13 @@ def machine() -> dict:
     import onnxruntime
 
     import snncompiler
+    from snncompiler.machine import cpu_name, usable_cpus
 
-    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    return {"platform": platform.platform(), "cpu": cpu,
-            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
+    return {"platform": platform.platform(), "cpu": cpu_name(), "cpus": usable_cpus(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(), "snncompiler": snncompiler.__version__,
             "numpy": np.__version__, "numba": numba.__version__,
             "onnxruntime": onnxruntime.__version__}
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
 
 
 # ----------------------------------------------------------------------------- report

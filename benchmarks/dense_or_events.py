@@ -30,6 +30,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from snncompiler.machine import cpu_name
 from snncompiler.runtime import kernels as K
 from snncompiler.runtime.fused import (
     LISTING_COST,
@@ -110,7 +111,7 @@ def main() -> None:
         "",
         "Written by `benchmarks/dense_or_events.py`. One sample, one thread, random "
         "ternary input; best of 60 tries. Times in microseconds.",
-        f"Machine: {platform.processor() or platform.machine()}, "
+        f"Machine: {cpu_name()}, "
         f"{platform.platform()}; numba {numba.__version__}. "
         f"`LISTING_COST` in the code: {LISTING_COST}; `POINTWISE_COST`: {POINTWISE_COST}.",
         "",

@@ -155,15 +155,12 @@ def machine() -> dict:
     import onnxruntime
 
     import snncompiler
+    from snncompiler.machine import cpu_name, usable_cpus
 
-    return {"platform": platform.platform(), "processor": platform.processor(),
-            "python": platform.python_version(), "cpus": _cpus(),
+    return {"platform": platform.platform(), "cpu": cpu_name(),
+            "python": platform.python_version(), "cpus": usable_cpus(),
             "snncompiler": snncompiler.__version__, "numpy": np.__version__,
             "numba": numba.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 # ----------------------------------------------------------------------------- runs
@@ -486,7 +483,8 @@ def write_report(results: Path) -> None:
     for data in (full, neurons):
         if data:
             m = data["machine"]
-            lines.append(f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, "
+            cpu = f"{m['cpu']}, " if "cpu" in m else ""  # older files did not record it
+            lines.append(f"Machine: {cpu}{m['platform']}, {m['cpus']} CPUs, Python {m['python']}, "
                          f"numpy {m['numpy']}, numba {m['numba']}, onnxruntime "
                          f"{m['onnxruntime']}, snncompiler {m['snncompiler']}.")
             break

@@ -26,6 +26,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from snncompiler.machine import cpu_name
 from snncompiler.runtime import fused, load
 from snncompiler.runtime import kernels as K
 
@@ -98,7 +99,7 @@ def report(name: str, source: str, seconds, counts, plan, steps: int,
              f"Written by `benchmarks/op_time.py` ({source}): one view, {steps} steps "
              f"with the parameters for T={steps}, 1 thread; "
              f"{total:.3f} s in all, {total / steps * 1e3:.2f} ms per step. Machine: "
-             f"{platform.processor() or platform.machine()}, {platform.platform()}; numba "
+             f"{cpu_name()}, {platform.platform()}; numba "
              f"{numba.__version__}.", "",
              "| kind of op | ops | seconds | share | G additions / s, or ns / neuron |",
              "|---|---:|---:|---:|---:|"]

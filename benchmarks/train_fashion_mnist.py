@@ -68,6 +68,7 @@ from fashion_mnist_npz import calibration_indices, save_images
 from torch import nn
 
 from snncompiler.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from snncompiler.machine import cpu_name
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE_DATA = REPO / "snncompiler" / "data"
@@ -392,7 +393,7 @@ def run(name: str, data: dict, args: argparse.Namespace) -> dict:
         "onnx_ops": ops,
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": cpu_name(),
             "python": platform.python_version(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),

@@ -33,6 +33,7 @@ from pathlib import Path
 from snncompiler import __version__
 from snncompiler.errors import InputError
 from snncompiler.evaluate import si
+from snncompiler.machine import cpu_name
 from snncompiler.runtime.graph import Program
 
 MAX_RESULTS_BYTES = 64 << 20
@@ -638,8 +639,8 @@ def _setup_section(results: dict, program: Program | None, snn_name: str | None,
 
 def machine() -> dict[str, str]:
     """Platform, CPU count and the versions that matter for the numbers."""
-    info = {"platform": platform.platform(), "processor": platform.processor() or
-            platform.machine(), "CPUs": str(os.cpu_count()),
+    info = {"platform": platform.platform(), "processor": cpu_name(),
+            "CPUs": str(os.cpu_count()),
             "Python": platform.python_version(), "snncompiler": __version__}
     for package in ("numpy", "numba", "onnx", "onnxruntime"):
         try:

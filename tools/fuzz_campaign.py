@@ -1167,13 +1167,9 @@ def _versions() -> dict[str, str]:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs"
+    from snncompiler.machine import cpu_name
+
+    return f"{platform.system()} {platform.release()}, {cpu_name()}, {os.cpu_count()} CPUs"
 
 
 def _commit() -> str:

@@ -108,12 +108,13 @@ def test_a_streamed_calibration_compiles_the_same_program(tmp_path):
 
 # The child runs `snnc compile` (from the .npz as calibration data) or `snnc eval` (of it,
 # with labels) on a small network with 64 x 64 inputs (48 KB an image), and prints its peak
-# RSS: VmHWM, the high-water mark of its own memory map (getrusage's ru_maxrss would also
-# count the parent's resident set at the fork, which Linux keeps across exec).
+# RSS: VmHWM, the high-water mark of its own memory map (snncompiler.machine.peak_rss_bytes;
+# getrusage's ru_maxrss would also count the parent's resident set at the fork).
 CHILD = textwrap.dedent("""
     import sys
     from click.testing import CliRunner
     from snncompiler.cli import main
+    from snncompiler.machine import peak_rss_bytes
 
     command, model, data, snn = sys.argv[1:]
     if command == "compile":
@@ -124,9 +125,7 @@ CHILD = textwrap.dedent("""
                 "64", "-q"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    with open("/proc/self/status") as status:
-        peak = next(line for line in status if line.startswith("VmHWM:"))
-    print(int(peak.split()[1]) * 1024)  # kB
+    print(peak_rss_bytes())
 """)
 
 
