@@ -55,7 +55,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -85,11 +84,9 @@ DEEP_CALIB_VIEWS = 64
 
 def _peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited on exec)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from snncompiler.machine import peak_rss_bytes
+
+    return peak_rss_bytes() / 2**20
 
 
 def _rss_mb() -> float:
@@ -409,18 +406,12 @@ def _compile(onnx: Path, calib: Path, out: Path, **config) -> float:
 
 
 def _machine() -> dict:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import numba
     import onnxruntime
 
-    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+    from snncompiler.machine import cpu_name
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__,
             "numba": numba.__version__, "onnxruntime": onnxruntime.__version__}
 
@@ -693,7 +684,12 @@ DEEP_NOTES = [
     "flight and the event lists are written in one pass where a pixel is whole 8-entry "
     "groups (b2f9d09, af534fe; the same bits; 2.54x, 2.45x at 2 threads); then the dense "
     "1x1 convs take three pixels per weight load instead of two (585b15c; the same bits): "
-    "the figures above.",
+    "2.46x, 2.42x at 2 threads on the AMD EPYC VM of the tables above, with a cap of 64 "
+    "spikes a step (512 levels). The figures above come from an Intel Xeon VM and the "
+    "default cap of 1024 (874fcf2: 1024 levels at T=32, 1.5% more synaptic operations): "
+    "4.60x, 4.58x at 2 threads. Most of that change is the machine's: onnxruntime runs 94 G "
+    "MAC/s there against 83 on the AMD VM, and our kernels 14.7 G synaptic ops/s against "
+    "24.",
     "- *What bounds it*: the event-driven layers do about two thirds of the additions of 32 "
     "dense passes (*ops / MAC*), since at the hundreds of levels this network gets most "
     "neurons send a burst at most steps (*mean firing rate* above 1 spike per neuron and "
@@ -701,14 +697,14 @@ DEEP_NOTES = [
     "MACs (*ours: G synaptic ops/s* against *ORT: G MAC/s*). 1.0x would need that many "
     "times fewer events per image at the same cost per event, or additions that much "
     "cheaper. Where the time goes, op by op at 1 thread (`benchmarks/op_time.py`, "
-    "`op_time_efficientnet_lite0.md`): the 1x1 convs take about half (about 29 G additions "
-    "per second on the dense residual stream, 20 to 34 G by layer; about 16 G on spikes), "
-    "the ReLU6 neurons about a third (1.2 ns per neuron and step: a float64 running sum and "
-    "a count per neuron, read and written every step), the depthwise convs about 16% (about "
-    "4.5 G additions per second). The network's state (72 MB a view) does not fit in the "
-    "cache, so every step streams it from memory; running a few layers at a time on tiles "
-    "of rows, so that what one writes the next reads from the cache, is the step that would "
-    "lift that bound.",
+    "`op_time_efficientnet_lite0.md`, on the Intel VM): the ReLU6 neurons about half (3.2 ns "
+    "per neuron and step: a float64 running sum and a count per neuron, read and written "
+    "every step; 1.2 ns on the AMD VM, where they took a third), the 1x1 convs about a third "
+    "(20 G additions per second on the dense residual stream, 14 G on spikes), the depthwise "
+    "convs about 12% (3 to 4 G additions per second). The network's state (72 MB a view) "
+    "does not fit in the cache, so every step streams it from memory; running a few layers "
+    "at a time on tiles of rows, so that what one writes the next reads from the cache, is "
+    "the step that would lift that bound.",
 ]
 
 
