@@ -2,9 +2,9 @@
 
 Every figure that the benchmarks and reports write names the machine it came from. On
 Linux ``platform.processor()`` says only "x86_64", which does not tell an AMD EPYC from an
-Intel Xeon, whose speeds differ by up to 2x on the same code; the CPU's model name comes
-from ``/proc/cpuinfo`` instead, where there is one. Standard library only, so that any
-script (and the runtime's users) can import it cheaply.
+Intel Xeon, though the same code runs at different speeds on them (README, *Speed*); the
+CPU's model name comes from ``/proc/cpuinfo`` instead, where there is one. Standard
+library only, so that any script (and the runtime's users) can import it cheaply.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def cpu_name() -> str:
-    """The CPU's model name ("AMD EPYC 7B13", "Intel(R) Xeon(R) Processor"), or what
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) Processor"), or what
     :mod:`platform` knows where ``/proc/cpuinfo`` has none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
