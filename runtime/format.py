@@ -33,6 +33,7 @@ import os
 import re
 import struct
 import tokenize
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -894,11 +895,17 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, ref: dict,
     entry = info.orig_filename
     with _zip_errors(f"entry {entry!r}"), archive.open(info) as stream:
         version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
+        # numpy parses the header with literal_eval: a damaged one can make Python warn
+        # about its escapes before numpy refuses it, noise on top of our message.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:
+                shape = fortran_order = dtype = None
+        if dtype is None:
             raise FormatError(f"entry {entry!r}: npy format version {version} not supported; "
                               "expected 1.0 or 2.0")
         if dtype.hasobject:
@@ -922,7 +929,9 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, ref: dict,
             raise FormatError(f"entry {entry!r}: declares {info.file_size} bytes, but its npy "
                               f"header describes {expected}")
         stream.seek(0)  # read_array parses the header again, now known to be plain data
-        array = np.lib.format.read_array(stream, allow_pickle=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+            array = np.lib.format.read_array(stream, allow_pickle=False)
         if stream.read(1):
             raise FormatError(f"entry {entry!r}: holds more than its {info.file_size} declared "
                               "bytes")

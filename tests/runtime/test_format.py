@@ -698,6 +698,21 @@ def test_refuses_array_dtype_disagreeing_with_header(tmp_path, valid):
         load_program(path)
 
 
+def test_refuses_an_npy_header_with_a_bad_escape_without_python_warnings(tmp_path, valid):
+    # numpy literal_evals the npy header: '\\o' in it made Python warn before the refusal
+    def damage(items):
+        name, data = items[2]
+        assert name == "arrays/1.npy" and b"'<f4'" in data
+        items[2] = (name, data.replace(b"'<f4'", b"'\\o4'", 1))  # same length
+
+    path = craft(tmp_path, valid, entries=damage)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FormatError, match=r"entry 'arrays/1\.npy'"):
+            load_program(path)
+    assert [str(w.message) for w in caught] == []
+
+
 def test_refuses_missing_array_entry(tmp_path, valid):
     path = craft(tmp_path, valid, entries=lambda items: items.pop(2))
     with pytest.raises(FormatError, match=r"header\.nodes\[0\]\.arrays\.weight\.file: "
