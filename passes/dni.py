@@ -195,9 +195,14 @@ def dni_objective(
     Returns:
         ``(C,)`` float64, over all calibration values of each channel.
     """
+    return _objective(_Weighted.of(hist), theta, v0, timesteps, max_spikes_per_step)
+
+
+def _objective(hist: _Weighted, theta, v0, timesteps: int, k: int) -> np.ndarray:
+    """:func:`dni_objective` of a histogram whose means and weights are already read."""
     theta = np.asarray(theta, dtype=np.float64).reshape(-1, 1)
     v0 = np.asarray(v0, dtype=np.float64).reshape(-1, 1)
-    return _direct(_Weighted.of(hist), theta, v0, timesteps, max_spikes_per_step)[:, 0]
+    return _direct(hist, theta, v0, timesteps, k)[:, 0]
 
 
 def threshold_candidates(hist: ChannelHistogram, percentiles: Sequence[float]) -> np.ndarray:
@@ -518,7 +523,6 @@ def _baselines(
     for j, q in enumerate(BASELINE_PERCENTILES):
         for label, fraction in (("zero", 0.0), ("half", 0.5)):
             theta32, v032 = _as_float32(thresholds[:, j], thresholds[:, j] * fraction)
-            pair = (theta32.astype(np.float64)[:, None], v032.astype(np.float64)[:, None])
             out[f"p{q:g}/{label}"] = np.stack(
-                [_direct(hist, *pair, t, k)[:, 0] for t, k in zip(timesteps, levels)])
+                [_objective(hist, theta32, v032, t, k) for t, k in zip(timesteps, levels)])
     return out

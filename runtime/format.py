@@ -889,23 +889,27 @@ def _check_ref(ref, where: str, entries: dict, used: dict) -> None:
                           f"of {', '.join(sorted(_NPY_DTYPES.values()))}")
 
 
+@contextlib.contextmanager
+def _npy_header_warnings_ignored() -> Iterator[None]:
+    """numpy parses an npy header with ``literal_eval``: a damaged one can make Python warn
+    about its escapes before numpy refuses it, noise on top of our FormatError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+        yield
+
+
 def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, ref: dict,
               where: str) -> np.ndarray:
     """Reads one ``.npy`` entry, refusing anything but plain numeric data before reading it."""
     entry = info.orig_filename
-    with _zip_errors(f"entry {entry!r}"), archive.open(info) as stream:
+    with (_zip_errors(f"entry {entry!r}"), archive.open(info) as stream,
+          _npy_header_warnings_ignored()):
         version = np.lib.format.read_magic(stream)
-        # numpy parses the header with literal_eval: a damaged one can make Python warn
-        # about its escapes before numpy refuses it, noise on top of our message.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
-            if version == (1, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-            elif version == (2, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-            else:
-                shape = fortran_order = dtype = None
-        if dtype is None:
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
             raise FormatError(f"entry {entry!r}: npy format version {version} not supported; "
                               "expected 1.0 or 2.0")
         if dtype.hasobject:
@@ -929,9 +933,7 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, ref: dict,
             raise FormatError(f"entry {entry!r}: declares {info.file_size} bytes, but its npy "
                               f"header describes {expected}")
         stream.seek(0)  # read_array parses the header again, now known to be plain data
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
-            array = np.lib.format.read_array(stream, allow_pickle=False)
+        array = np.lib.format.read_array(stream, allow_pickle=False)
         if stream.read(1):
             raise FormatError(f"entry {entry!r}: holds more than its {info.file_size} declared "
                               "bytes")
